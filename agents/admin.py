@@ -1,0 +1,62 @@
+from django.contrib import admin
+
+from .models import Agent, Message, Run, Thread
+
+
+@admin.register(Agent)
+class AgentAdmin(admin.ModelAdmin):
+    list_display = ["name", "owner", "model", "updated"]
+    list_filter = ["model"]
+    search_fields = ["name", "owner__username"]
+
+
+class MessageInline(admin.TabularInline):
+    model = Message
+    fields = ["position", "role", "content", "name", "tool_calls", "is_error", "created"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    ordering = ["position"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+class RunInline(admin.TabularInline):
+    model = Run
+    fields = ["id", "status", "trigger", "error", "created", "finished"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Thread)
+class ThreadAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "owner", "agent", "updated"]
+    search_fields = ["title", "owner__username"]
+    inlines = [RunInline, MessageInline]
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "thread", "role", "run", "created"]
+    list_filter = ["role"]
+    raw_id_fields = ["thread", "run"]
+
+
+@admin.register(Run)
+class RunAdmin(admin.ModelAdmin):
+    list_display = ["id", "owner", "thread", "agent", "status", "trigger", "created", "finished"]
+    list_filter = ["status", "trigger"]
+    search_fields = ["id", "owner__username", "error"]
+    raw_id_fields = ["thread", "agent", "owner"]
+    # The lifecycle belongs to the workers and the stop service, not to hand edits.
+    readonly_fields = [
+        "status", "error", "attempt", "lease_owner", "lease_expires", "stop_requested",
+        "input_tokens", "output_tokens", "created", "started", "finished",
+    ]  # fmt: skip
+    inlines = [MessageInline]

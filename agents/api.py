@@ -1,0 +1,177 @@
+"""The JSON API: agents, threads, their messages, and runs (start, get, list, stop)."""
+
+from django.conf import settings
+from django.db.models import OuterRef, Subquery
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from . import services, tools
+from .models import Agent, Message, Run, Thread
+
+
+class OwnedPrimaryKeyField(serializers.PrimaryKeyRelatedField):
+    """A reference to one of the requesting user's objects; others' look like unknown ids."""
+
+    def get_queryset(self):
+        return super().get_queryset().filter(owner=self.context["request"].user)
+
+
+class DemoConfigSerializer(serializers.Serializer):
+    words = serializers.IntegerField(min_value=1, max_value=100_000, required=False)
+    delay_ms = serializers.IntegerField(min_value=0, max_value=60_000, required=False)
+
+
+class AgentSerializer(serializers.ModelSerializer):
+    tools = serializers.ListField(child=serializers.CharField(), required=False)
+    config = serializers.DictField(required=False)
+
+    class Meta:
+        model = Agent
+        fields = ["id", "name", "instructions", "model", "tools", "config", "created", "updated"]
+
+    def validate_name(self, value):
+        owner = self.context["request"].user
+        taken = Agent.objects.filter(owner=owner, name=value).exclude(
+            pk=getattr(self.instance, "pk", None)
+        )
+        if taken.exists():
+            raise serializers.ValidationError("You already have an agent with this name.")
+        return value
+
+    def validate_tools(self, value):
+        unknown = sorted(set(value) - set(tools.names()))
+        if unknown:
+            raise serializers.ValidationError(
+                f"Unknown tools: {', '.join(unknown)}. Known: {', '.join(tools.names())}."
+            )
+        return list(dict.fromkeys(value))
+
+    def validate_config(self, value):
+        demo = DemoConfigSerializer(data=value.get("demo", {}))
+        if not demo.is_valid():
+            raise serializers.ValidationError({"demo": demo.errors})
+        return value
+
+
+class ThreadSerializer(serializers.ModelSerializer):
+    agent = OwnedPrimaryKeyField(queryset=Agent.objects.all(), required=False, allow_null=True)
+    active_run = serializers.UUIDField(read_only=True)
+
+    class Meta:
+        model = Thread
+        fields = ["id", "title", "agent", "active_run", "created", "updated"]
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Message
+        fields = [
+            "id", "run", "role", "content", "tool_calls", "tool_call_id", "name", "is_error",
+            "position", "created",
+        ]  # fmt: skip
+
+
+class RunSerializer(serializers.ModelSerializer):
+    events_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Run
+        fields = [
+            "id", "thread", "agent", "status", "trigger", "error", "attempt", "stop_requested",
+            "input_tokens", "output_tokens", "created", "started", "finished", "events_url",
+        ]  # fmt: skip
+
+    def get_events_url(self, run):
+        return f"/api/runs/{run.pk}/events/"
+
+
+class RunStartSerializer(serializers.Serializer):
+    message = serializers.CharField()
+    agent = OwnedPrimaryKeyField(queryset=Agent.objects.all(), required=False, allow_null=True)
+    if_busy = serializers.ChoiceField(["reject", "interrupt"], default="reject")
+
+    def validate_message(self, value):
+        size = len(value.encode())
+        if size > settings.RUN_MESSAGE_MAX_BYTES:
+            raise serializers.ValidationError(
+                f"Ensure this field has no more than {settings.RUN_MESSAGE_MAX_BYTES} bytes"
+                f" (it has {size})."
+            )
+        return value
+
+
+class RunFilterSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(Run.Status.choices, required=False)
+    thread = serializers.IntegerField(required=False)
+
+
+class AgentViewSet(viewsets.ModelViewSet):
+    serializer_class = AgentSerializer
+
+    def get_queryset(self):
+        return self.request.user.agents.all()
+
+    def perform_create(self, serializer):
+        serializer.save(owner=self.request.user)
+
+
+class ThreadViewSet(
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.UpdateModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    serializer_class = ThreadSerializer
+
+    def get_queryset(self):
+        active = Run.objects.active().filter(thread=OuterRef("pk")).values("pk")[:1]
+        return self.request.user.threads.annotate(active_run=Subquery(active))
+
+    def perform_create(self, serializer):
+        user = self.request.user
+        if "agent" in serializer.validated_data:
+            serializer.save(owner=user)
+        else:
+            serializer.save(owner=user, agent=user.agents.first())
+
+    def perform_destroy(self, thread):
+        services.thread_delete(thread=thread)
+
+    @action(detail=True, methods=["get"])
+    def messages(self, request, pk=None):
+        thread = self.get_object()
+        page = self.paginate_queryset(thread.messages.order_by("position"))
+        return self.get_paginated_response(MessageSerializer(page, many=True).data)
+
+    @action(detail=True, methods=["get", "post"])
+    def runs(self, request, pk=None):
+        thread = self.get_object()
+        if request.method == "GET":
+            page = self.paginate_queryset(thread.runs.all())
+            return self.get_paginated_response(RunSerializer(page, many=True).data)
+        data = RunStartSerializer(data=request.data, context={"request": request})
+        data.is_valid(raise_exception=True)
+        run = services.run_start(user=request.user, thread=thread, **data.validated_data)
+        return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+
+class RunViewSet(viewsets.ReadOnlyModelViewSet):
+    serializer_class = RunSerializer
+
+    def get_queryset(self):
+        runs = self.request.user.runs.all()
+        if self.action == "list":
+            filters = RunFilterSerializer(data=self.request.query_params)
+            filters.is_valid(raise_exception=True)
+            runs = runs.filter(**filters.validated_data)
+        return runs
+
+    @action(detail=True, methods=["post"])
+    def stop(self, request, pk=None):
+        run = self.get_object()
+        services.run_stop(run=run)
+        run.refresh_from_db()
+        return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)

@@ -1,0 +1,193 @@
+"""The run event stream over SSE: /api/runs/<id>/events/.
+
+The events come from django-eventstream: its storage interface (our Redis Streams log), its
+Redis pub/sub listener for live delivery, its SSE encoding. The loop that feeds a connection is
+ours, because the library's resends events and lets ids go backwards when a reconnect meets
+live traffic. Here a connection writes event n only right after n-1: a live event that does not
+follow on sends the loop back to the log, and an id already written is dropped.
+
+The view is async and reads the database and the log through the shared executor, so an open
+stream holds no thread and no database connection while it waits.
+"""
+
+import asyncio
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connection
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django_eventstream.storage import EventDoesNotExist
+from django_eventstream.utils import sse_encode_event
+from django_eventstream.views import Listener, get_listener_manager
+from rest_framework.exceptions import AuthenticationFailed
+
+from .auth import TokenAuthentication
+from .models import Run
+from .stream import StreamStorage, is_terminal
+
+READ_LIMIT = 100
+OPENING = ":" + " " * 2048 + "\n\nevent: stream-open\ndata:\n\n"  # padding flushes proxies
+
+
+async def run_events(request, run_id):
+    channel = f"run-{run_id}"
+    try:
+        last_id = last_event_id(request, channel)
+    except ValueError as exc:
+        return JsonResponse({"detail": str(exc), "code": "invalid_last_event_id"}, status=400)
+    outcome = await sync_to_async(_open, thread_sensitive=False)(request, run_id, last_id)
+    if isinstance(outcome, HttpResponse):
+        return outcome
+    response = StreamingHttpResponse(
+        _stream(channel, last_id, user_id=outcome, gone=False), content_type="text/event-stream"
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx must not buffer the stream
+    return response
+
+
+def last_event_id(request, channel):
+    """The last event the client has, from the Last-Event-ID header or ?lastEventId=. With
+    neither, 0: the whole run, so a client that connects just after starting a run misses
+    nothing."""
+    raw = request.headers.get("Last-Event-ID") or request.GET.get("lastEventId") or ""
+    if not raw:
+        return 0
+    name, _, number = raw.rpartition(":")
+    if name not in ("", channel) or not number.isdigit():
+        raise ValueError(f"Last-Event-ID must be {channel}:<number>, not {raw!r}.")
+    return int(number)
+
+
+def _open(request, run_id, last_id):
+    """Authorize the request and decide what to answer. Returns a response, or the user's id
+    when the stream should open."""
+    try:
+        try:
+            authenticated = TokenAuthentication().authenticate(request)
+        except AuthenticationFailed as exc:
+            return JsonResponse({"detail": str(exc.detail)}, status=401)
+        user = authenticated[0] if authenticated else request.user
+        if not user.is_authenticated:
+            return JsonResponse({"detail": "Authentication credentials were not provided."}, 401)
+        status = Run.objects.filter(pk=run_id, owner=user).values_list("status", flat=True).first()
+        if status is None:
+            return JsonResponse({"detail": "Not found."}, status=404)
+        user_id = user.pk
+    finally:
+        connection.close()
+    return _settled(f"run-{run_id}", last_id, status) or user_id
+
+
+def _settled(channel, last_id, status):
+    """A response for a client with nothing left to receive: 204 (an EventSource then stops
+    reconnecting) once it has the terminal event; a lone stream-reset when the run has ended
+    and its log has expired."""
+    if status not in Run.TERMINAL:
+        return None
+    storage = StreamStorage()
+    if last_id:
+        try:
+            seen = storage.get_events(channel, last_id - 1, limit=1)
+        except EventDoesNotExist:
+            seen = []
+        if seen and is_terminal(seen[0]):
+            return HttpResponse(status=204)
+    if storage.get_current_id(channel) == 0:
+        response = StreamingHttpResponse(
+            _stream(channel, last_id, user_id=None, gone=True), content_type="text/event-stream"
+        )
+        response["Cache-Control"] = "no-cache"
+        return response
+    return None
+
+
+def _read(channel, last_id):
+    """Events after `last_id` from the log, and the id to reset to when it is no longer there."""
+    try:
+        return StreamStorage().get_events(channel, last_id, limit=READ_LIMIT), None
+    except EventDoesNotExist as exc:
+        return [], exc.current_id
+
+
+def _reset(channel, current_id):
+    return sse_encode_event(
+        "stream-reset",
+        {"channels": [channel]},
+        event_id=f"{channel}:{current_id}",
+        json_encode=True,
+    )
+
+
+async def _stream(channel, last_id, *, user_id, gone):
+    if gone:
+        yield OPENING + _reset(channel, 0)
+        return
+    read = sync_to_async(_read, thread_sensitive=False)
+    listener = Listener()
+    listener.user_id = user_id
+    listener.channels = {channel}
+    listener.assign_loop()
+    manager = get_listener_manager()
+    # Listen before the first read, so nothing published in between is missed.
+    manager.add_listener(listener)
+    try:
+        yield OPENING
+        from_log = True
+        while True:
+            if from_log:
+                events, reset_to = await read(channel, last_id)
+                if reset_to is not None:
+                    yield _reset(channel, reset_to)
+                    if reset_to == 0:  # the log is gone: the client reloads from the database
+                        return
+                    last_id = reset_to
+                    continue
+                body, last_id, done = _encode(channel, last_id, events)
+                if body:
+                    yield body
+                if done:
+                    return
+                if len(events) == READ_LIMIT:
+                    continue
+                from_log = False
+            with manager.lock:
+                queued = listener.channel_items.pop(channel, [])
+                from_log = listener.overflow  # the library dropped events: read them back
+                listener.overflow = False
+                listener.aevent.clear()
+            fresh = [e for e in queued if int(e.id) > last_id]
+            following = fresh[: _run_length(fresh, last_id)]
+            from_log = from_log or len(following) < len(fresh)
+            body, last_id, done = _encode(channel, last_id, following)
+            if body:
+                yield body
+            if done:
+                return
+            if from_log:
+                continue
+            try:
+                await asyncio.wait_for(listener.aevent.wait(), settings.SSE_KEEPALIVE_SECONDS)
+            except TimeoutError:
+                yield ": keep-alive\n\n"
+    finally:
+        manager.remove_listener(listener)
+
+
+def _run_length(events, last_id):
+    """How many of `events` follow on from `last_id` without a gap."""
+    for i, event in enumerate(events):
+        if int(event.id) != last_id + 1 + i:
+            return i
+    return len(events)
+
+
+def _encode(channel, last_id, events):
+    """SSE text for `events`, the new last id, and whether the run's terminal event is in it."""
+    body = []
+    for event in events:
+        body.append(sse_encode_event(event.type, event.data, event_id=f"{channel}:{event.id}"))
+        last_id = int(event.id)
+        if is_terminal(event):
+            return "".join(body), last_id, True
+    return "".join(body), last_id, False

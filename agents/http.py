@@ -1,0 +1,20 @@
+"""API conventions shared by every endpoint: page size, and service errors as responses.
+(Kept apart from api.py because DRF imports these while loading its own views.)"""
+
+from rest_framework import pagination
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+class Pagination(pagination.PageNumberPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
+def exception_handler(exc, context):
+    from .services import ServiceError
+
+    if isinstance(exc, ServiceError):
+        return Response({"detail": exc.message, "code": exc.code, **exc.extra}, status=exc.status)
+    return drf_exception_handler(exc, context)

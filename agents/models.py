@@ -1,0 +1,162 @@
+import uuid
+
+from django.conf import settings
+from django.db import IntegrityError, models, transaction
+from django.db.models import Max, Q
+
+
+class Agent(models.Model):
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="agents")
+    name = models.CharField(max_length=100)
+    instructions = models.TextField(blank=True)
+    model = models.CharField(max_length=200, default="demo", help_text='"demo" or a model name')
+    tools = models.JSONField(default=list, blank=True, help_text="names of the tools it may call")
+    config = models.JSONField(default=dict, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="agent_name_unique")]
+
+    def __str__(self):
+        return self.name
+
+
+class Thread(models.Model):
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="threads")
+    agent = models.ForeignKey(Agent, models.SET_NULL, null=True, blank=True, related_name="threads")
+    title = models.CharField(max_length=200, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated", "-id"]
+
+    def __str__(self):
+        return self.title or f"Thread {self.pk}"
+
+    def append_message(self, **fields):
+        """Add a message at the end of the thread.
+
+        Positions are unique per thread; two writers racing for the same position (a stopped
+        run saving its partial reply while a new run starts) retry with the next one."""
+        for _ in range(5):
+            position = (self.messages.aggregate(m=Max("position"))["m"] or 0) + 1
+            try:
+                with transaction.atomic():
+                    return Message.objects.create(thread=self, position=position, **fields)
+            except IntegrityError:
+                continue
+        raise IntegrityError(f"could not append a message to thread {self.pk}")
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        SYSTEM = "system"
+        USER = "user"
+        ASSISTANT = "assistant"
+        TOOL = "tool"
+
+    thread = models.ForeignKey(Thread, models.CASCADE, related_name="messages")
+    run = models.ForeignKey("Run", models.SET_NULL, null=True, blank=True, related_name="messages")
+    role = models.CharField(max_length=10, choices=Role.choices)
+    content = models.TextField(blank=True)
+    # assistant: [{"id", "name", "arguments"}]; tool: the call it answers and the tool's name
+    tool_calls = models.JSONField(default=list, blank=True)
+    tool_call_id = models.CharField(max_length=100, blank=True)
+    name = models.CharField(max_length=100, blank=True)
+    is_error = models.BooleanField(default=False, help_text="a tool result that is an error")
+    position = models.PositiveIntegerField()
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["thread", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["thread", "position"], name="message_position_unique")
+        ]
+
+    def __str__(self):
+        return f"{self.role}: {self.content[:60]}"
+
+    def as_event(self):
+        return {
+            "id": self.id,
+            "role": self.role,
+            "content": self.content,
+            "tool_calls": self.tool_calls,
+            "tool_call_id": self.tool_call_id,
+            "name": self.name,
+            "is_error": self.is_error,
+            "created": self.created.isoformat(),
+        }
+
+
+class RunQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(status__in=Run.ACTIVE)
+
+
+class Run(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        STOPPED = "stopped"
+
+    class Trigger(models.TextChoices):
+        MANUAL = "manual"
+        API = "api"
+        SCHEDULE = "schedule"
+        WORKFLOW = "workflow"
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+    TERMINAL = (Status.COMPLETED, Status.FAILED, Status.STOPPED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="runs")
+    thread = models.ForeignKey(Thread, models.CASCADE, related_name="runs")
+    agent = models.ForeignKey(Agent, models.SET_NULL, null=True, blank=True, related_name="runs")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    trigger = models.CharField(max_length=10, choices=Trigger.choices, default=Trigger.API)
+    error = models.TextField(blank=True)
+    attempt = models.PositiveIntegerField(default=0)
+    lease_owner = models.CharField(max_length=200, blank=True)
+    lease_expires = models.DateTimeField(null=True, blank=True)
+    stop_requested = models.DateTimeField(null=True, blank=True)
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    created = models.DateTimeField(auto_now_add=True)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    objects = RunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created"]
+        indexes = [
+            # the reaper's scan: running runs by lease expiry
+            models.Index(fields=["status", "lease_expires"], name="run_status_lease"),
+            models.Index(fields=["owner", "status"], name="run_owner_status"),
+        ]
+        constraints = [
+            # At most one active run per thread, held by the database rather than by a
+            # check-then-insert that two requests could both pass.
+            models.UniqueConstraint(
+                fields=["thread"],
+                condition=Q(status__in=["queued", "running"]),
+                name="run_one_active_per_thread",
+            )
+        ]
+
+    def __str__(self):
+        return f"Run {self.id} ({self.status})"
+
+    @property
+    def channel(self):
+        return f"run-{self.id}"
+
+    @property
+    def is_active(self):
+        return self.status in self.ACTIVE

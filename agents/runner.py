@@ -1,0 +1,219 @@
+"""The agent loop, as a worker executes it: claim the run, stream the model's turns, call the
+tools it asks for, save and announce every message, finish with one terminal status.
+
+A run spends its life waiting on the model, so it holds no database connection while it
+waits: every database step goes through `db()`, which closes the connection after it."""
+
+import contextlib
+import logging
+import time
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import Q
+
+from . import llm, services, stream, tools
+from .models import Message, Run
+from .worker import worker
+
+log = logging.getLogger(__name__)
+
+
+class Stopped(Exception):
+    pass
+
+
+class RunFailed(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def db():
+    try:
+        yield
+    finally:
+        connection.close()
+
+
+def execute(run_id):
+    with db():
+        run = services.run_claim(run_id=run_id, worker=worker.id)
+    if run is None:
+        return
+    stop = llm.StopSignal()
+    release = worker.hold(run.pk, stop)
+    try:
+        AgentLoop(run, stop).execute()
+    finally:
+        release()
+
+
+class AgentLoop:
+    def __init__(self, run, stop):
+        self.run = run
+        self.thread = run.thread
+        self.agent = run.agent
+        self.stop = stop
+        self.deadline = time.monotonic() + settings.RUN_TIME_LIMIT
+        self.input_tokens = 0
+        self.output_tokens = 0
+
+    def execute(self):
+        status, error = Run.Status.COMPLETED, ""
+        try:
+            self._loop()
+        except Stopped:
+            status = Run.Status.STOPPED
+        except (RunFailed, llm.ModelError) as exc:
+            status, error = Run.Status.FAILED, str(exc)
+        except Exception as exc:
+            log.exception("run %s failed", self.run.pk)
+            status, error = Run.Status.FAILED, f"internal error: {type(exc).__name__}: {exc}"
+        if self.input_tokens or self.output_tokens:
+            stream.emit(
+                self.run.pk,
+                "usage",
+                input_tokens=self.input_tokens,
+                output_tokens=self.output_tokens,
+            )
+        with db():
+            services.run_finish(
+                run=self.run,
+                status=status,
+                error=error,
+                where=Q(attempt=self.run.attempt),
+                usage=(self.input_tokens, self.output_tokens),
+            )
+
+    def _loop(self):
+        if self.agent is None:
+            raise RunFailed("the run's agent was deleted")
+        with db():
+            history = history_messages(self.thread, self.agent)
+        model = llm.get_model(self.agent)
+        schemas = tools.schemas(self.agent.tools)
+        for _ in range(settings.RUN_MAX_TURNS):
+            self._check()
+            message = self._model_turn(model, history, schemas)
+            self._check()
+            if not message.tool_calls:
+                return
+            history.append(as_chat_message(message))
+            for call in message.tool_calls:
+                self._check()
+                history.append(as_chat_message(self._call_tool(call)))
+        raise RunFailed(
+            f"the agent used all {settings.RUN_MAX_TURNS} model turns without finishing"
+        )
+
+    def _check(self):
+        if self.stop.is_set():
+            raise Stopped
+        if time.monotonic() > self.deadline:
+            raise RunFailed(
+                f"the run took longer than its time limit ({settings.RUN_TIME_LIMIT} s)"
+            )
+
+    def _model_turn(self, model, history, schemas):
+        """Stream one model turn into a new assistant message, announcing the text in coalesced
+        deltas. The message is saved whatever happens, so a stopped or failed turn keeps what
+        was written."""
+        with db():
+            message = self.thread.append_message(role=Message.Role.ASSISTANT, run=self.run)
+        text, calls, pending = [], [], []
+        flushed = 0.0
+
+        def flush():
+            nonlocal flushed
+            if pending:
+                stream.emit(self.run.pk, "message.delta", message=message.pk, text="".join(pending))
+                pending.clear()
+            flushed = time.monotonic()
+
+        try:
+            for item in model.stream(history, schemas, self.stop):
+                if isinstance(item, llm.TextDelta):
+                    text.append(item.text)
+                    pending.append(item.text)
+                    # at most one delta per window: the first token goes at once, a burst
+                    # waits for the window to close
+                    if time.monotonic() - flushed >= settings.RUN_DELTA_SECONDS:
+                        flush()
+                elif isinstance(item, llm.ToolCall):
+                    calls.append({"id": item.id, "name": item.name, "arguments": item.arguments})
+                elif isinstance(item, llm.Usage):
+                    self.input_tokens += item.input_tokens
+                    self.output_tokens += item.output_tokens
+                if time.monotonic() > self.deadline:
+                    break
+        finally:
+            flush()
+            message.content = "".join(text)
+            message.tool_calls = [] if self.stop.is_set() else calls
+            with db():
+                if message.content or message.tool_calls:
+                    message.save(update_fields=["content", "tool_calls"])
+                    stream.emit(self.run.pk, "message.done", message=message.as_event())
+                else:
+                    message.delete()
+        return message
+
+    def _call_tool(self, call):
+        stream.emit(
+            self.run.pk,
+            "tool.started",
+            call=call["id"],
+            name=call["name"],
+            arguments=call["arguments"],
+        )
+        result = tools.call(call["name"], call["arguments"], allowed=self.agent.tools)
+        with db():
+            message = self.thread.append_message(
+                role=Message.Role.TOOL,
+                run=self.run,
+                name=call["name"],
+                tool_call_id=call["id"],
+                content=result.output if result.error is None else f"Error: {result.error}",
+                is_error=result.error is not None,
+            )
+        stream.emit(
+            self.run.pk,
+            "tool.done",
+            call=call["id"],
+            name=call["name"],
+            output=result.output,
+            error=result.error,
+        )
+        stream.emit(self.run.pk, "message.done", message=message.as_event())
+        return message
+
+
+def history_messages(thread, agent):
+    """The thread as chat messages for the model. Tool calls that never got an answer (their
+    run was stopped between the call and the result) are left out: providers refuse them."""
+    messages = list(thread.messages.all())
+    answered = {m.tool_call_id for m in messages if m.role == Message.Role.TOOL}
+    chat = [{"role": "system", "content": agent.instructions}] if agent.instructions else []
+    for message in messages:
+        if message.role == Message.Role.ASSISTANT:
+            message.tool_calls = [c for c in message.tool_calls if c["id"] in answered]
+            if not message.content and not message.tool_calls:
+                continue
+        chat.append(as_chat_message(message))
+    return chat
+
+
+def as_chat_message(message):
+    if message.role == Message.Role.TOOL:
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
+    chat = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        chat["tool_calls"] = [
+            {
+                "id": c["id"],
+                "type": "function",
+                "function": {"name": c["name"], "arguments": c["arguments"]},
+            }
+            for c in message.tool_calls
+        ]
+    return chat

@@ -1,0 +1,181 @@
+"""The run lifecycle: start, claim, stop, finish and reap. Every transition is a conditional
+UPDATE whose row count says whether this caller made it, so a run reaches one terminal status
+once, whoever races for it (a worker finishing, a stop request, the reaper)."""
+
+import logging
+import time
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from . import stream
+from .models import Run, Thread
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """An error the caller can act on; the API turns it into a response with this status."""
+
+    status = 400
+    code = "invalid"
+
+    def __init__(self, message, **extra):
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+
+class ThreadBusy(ServiceError):
+    status = 409
+    code = "thread_busy"
+
+
+class TooManyRuns(ServiceError):
+    status = 429
+    code = "too_many_runs"
+
+
+class QueueUnavailable(ServiceError):
+    status = 503
+    code = "queue_unavailable"
+
+
+def run_start(*, user, thread, message, agent=None, if_busy="reject", trigger=Run.Trigger.API):
+    """Save the user's message and a queued run, then enqueue it. `if_busy="interrupt"`
+    stops the thread's active run first; otherwise a busy thread raises ThreadBusy."""
+    agent = agent or thread.agent
+    if agent is None:
+        raise ServiceError("This thread has no agent; name one.", field="agent")
+    if if_busy == "interrupt":
+        _interrupt(thread)
+    try:
+        with transaction.atomic():
+            # One start at a time per user, so two requests cannot both pass the cap.
+            get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+            active = Run.objects.active().filter(thread=thread).first()
+            if active:
+                raise ThreadBusy(
+                    f"Run {active.id} is still {active.status} on this thread.", run=str(active.id)
+                )
+            if Run.objects.active().filter(owner=user).count() >= settings.RUN_MAX_ACTIVE_PER_USER:
+                raise TooManyRuns(
+                    f"You have {settings.RUN_MAX_ACTIVE_PER_USER} active runs, the most allowed;"
+                    " wait for one to end or stop one."
+                )
+            run = Run.objects.create(owner=user, thread=thread, agent=agent, trigger=trigger)
+            thread.append_message(role="user", content=message, run=run)
+            if not thread.title:
+                thread.title = message.strip().splitlines()[0][:80]
+            thread.save(update_fields=["title", "updated"])
+    except IntegrityError:
+        # the partial unique index caught a start racing ours on the same thread
+        raise ThreadBusy("Another run started on this thread.") from None
+    _enqueue(run)
+    return run
+
+
+def _interrupt(thread):
+    """Stop the thread's active run and wait until it has ended, so its partial reply lands in
+    the thread before the new message does."""
+    active = Run.objects.active().filter(thread=thread).first()
+    if not active:
+        return
+    run_stop(run=active)
+    deadline = time.monotonic() + settings.RUN_INTERRUPT_WAIT
+    while Run.objects.active().filter(pk=active.pk).exists():
+        if time.monotonic() > deadline:
+            raise ThreadBusy(
+                f"Run {active.id} did not stop within {settings.RUN_INTERRUPT_WAIT:g} s.",
+                run=str(active.id),
+            )
+        time.sleep(0.05)
+
+
+def _enqueue(run):
+    from .tasks import execute_run_task
+
+    stream.emit(run.id, "run.status", status=run.status, error="")
+    try:
+        execute_run_task.delay(str(run.id))
+    except Exception as exc:  # the broker is down: fail the run now rather than leave it queued
+        log.exception("run %s: could not enqueue", run.id)
+        run_finish(run=run, status=Run.Status.FAILED, error=f"could not queue the run: {exc}")
+        raise QueueUnavailable("The run queue is unavailable; try again shortly.") from exc
+
+
+def run_claim(*, run_id, worker):
+    """Take a queued run for `worker`. Returns the run, or None when another worker has it, it
+    has ended, or a stop arrived before the claim (the run then ends stopped, unexecuted)."""
+    now = timezone.now()
+    claimed = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED, stop_requested=None).update(
+        status=Run.Status.RUNNING,
+        attempt=F("attempt") + 1,
+        lease_owner=worker,
+        lease_expires=now + timedelta(seconds=settings.RUN_LEASE_SECONDS),
+        started=now,
+    )
+    run = Run.objects.select_related("agent", "thread").filter(pk=run_id).first()
+    if run is None:
+        return None
+    if not claimed:
+        if run.status == Run.Status.QUEUED:  # stop requested but not yet applied
+            run_finish(run=run, status=Run.Status.STOPPED)
+        return None
+    stream.emit(run.id, "run.status", status=run.status, error="")
+    return run
+
+
+def run_stop(*, run):
+    """Ask a run to stop. A queued run ends stopped at once; a running one gets the durable
+    flag (column and Redis key) and a nudge, and its worker ends it within a second. Stopping
+    an ended run does nothing."""
+    now = timezone.now()
+    if run_finish(run=run, status=Run.Status.STOPPED, where=Q(status=Run.Status.QUEUED)):
+        return
+    Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING, stop_requested=None).update(
+        stop_requested=now
+    )
+    if Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).exists():
+        stream.request_stop(run.pk)
+
+
+def run_finish(*, run, status, error="", where=None, usage=None):
+    """Move the run to its terminal `status` if it is still active and matches `where` (a
+    worker passes its attempt, so a reaped attempt cannot finish the run again), then announce
+    it. Returns whether this call ended the run."""
+    rows = Run.objects.filter(where or Q(), pk=run.pk, status__in=Run.ACTIVE)
+    changes = {"status": status, "error": error[:2000], "finished": timezone.now()}
+    if status == Run.Status.STOPPED:
+        changes["stop_requested"] = run.stop_requested or timezone.now()
+    if usage:
+        changes["input_tokens"], changes["output_tokens"] = usage
+    if not rows.update(**changes):
+        return False
+    for field, value in changes.items():
+        setattr(run, field, value)
+    stream.emit(run.pk, "run.status", status=status, error=run.error)
+    stream.retain(run.pk)
+    return True
+
+
+def runs_reap():
+    """Fail the runs whose worker stopped renewing their lease. Returns how many."""
+    now = timezone.now()
+    reaped = 0
+    for run in Run.objects.filter(status=Run.Status.RUNNING, lease_expires__lt=now):
+        stale = Q(attempt=run.attempt, lease_expires__lt=now)
+        if run_finish(run=run, status=Run.Status.FAILED, error="worker lost", where=stale):
+            log.warning("run %s: reaped, its worker %s was lost", run.pk, run.lease_owner)
+            reaped += 1
+    return reaped
+
+
+def thread_delete(*, thread: Thread):
+    if Run.objects.active().filter(thread=thread).exists():
+        raise ThreadBusy("This thread has an active run; stop it first.")
+    thread.delete()

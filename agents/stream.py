@@ -1,0 +1,124 @@
+"""The Redis side of a run: its event log (a Redis Stream per channel, the storage class of
+django-eventstream), the events a run emits, and its stop flag."""
+
+import json
+import logging
+from functools import cache
+
+import redis
+from django.conf import settings
+from django_eventstream import send_event
+from django_eventstream.event import Event
+from django_eventstream.storage import EventDoesNotExist, StorageBase
+
+log = logging.getLogger(__name__)
+
+STOP_CHANNEL = "relay:run-stop"
+
+# The next id is one more than the last entry's (MAXLEN trimming always keeps the newest), so id
+# and XADD are one atomic step however many processes append to the channel.
+APPEND = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local n = 1
+if #last > 0 then n = tonumber(string.match(last[1][1], '^(%d+)')) + 1 end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], n .. '-0', 't', ARGV[2], 'd', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return n
+"""
+
+
+@cache
+def client():
+    """One connection pool per process, shared by every thread."""
+    return redis.Redis.from_url(settings.REDIS_URL, decode_responses=True, health_check_interval=30)
+
+
+@cache
+def _append_script():
+    return client().register_script(APPEND)
+
+
+def log_key(channel):
+    # the braces keep a channel's keys in one Redis Cluster slot
+    return f"relay:events:{{{channel}}}"
+
+
+def _entry_id(entry_id):
+    return int(entry_id.split("-", 1)[0])
+
+
+class StreamStorage(StorageBase):
+    """Event log for django-eventstream on Redis Streams: ids 1, 2, 3... per channel, no gaps,
+    capped at RUN_EVENTS_MAXLEN entries; an id older than the log raises EventDoesNotExist
+    (the client gets stream-reset and reloads from the database)."""
+
+    def append_event(self, channel, event_type, data):
+        # Live logs outlive the longest run; retain() shortens that once the run ends.
+        ttl = settings.RUN_TIME_LIMIT + settings.RUN_EVENTS_RETENTION
+        n = _append_script()(
+            keys=[log_key(channel)], args=[settings.RUN_EVENTS_MAXLEN, event_type, data, ttl]
+        )
+        return Event(channel, event_type, data, id=int(n))
+
+    def get_events(self, channel, last_id, limit=100):
+        last_id = int(last_id)
+        with client().pipeline() as pipe:
+            pipe.xrevrange(log_key(channel), count=1)
+            pipe.xrange(log_key(channel), min=f"({last_id}-0", count=limit)
+            newest, entries = pipe.execute()
+        current = _entry_id(newest[0][0]) if newest else 0
+        if last_id > current:
+            raise EventDoesNotExist(f"{channel}:{last_id} is ahead of the log", current)
+        if last_id == current:
+            return []
+        if not entries or _entry_id(entries[0][0]) != last_id + 1:
+            raise EventDoesNotExist(f"{channel}:{last_id} is older than the log", current)
+        return [Event(channel, f["t"], f["d"], id=_entry_id(i)) for i, f in entries]
+
+    def get_current_id(self, channel):
+        newest = client().xrevrange(log_key(channel), count=1)
+        return _entry_id(newest[0][0]) if newest else 0
+
+
+def emit(run_id, event_type, **data):
+    """Append an event to the run's log and deliver it live. A Redis outage loses the live
+    copy only: the database keeps every message and the run's status."""
+    try:
+        send_event(f"run-{run_id}", event_type, {"run": str(run_id), **data})
+    except redis.RedisError as exc:
+        log.warning("run %s: could not emit %s: %s", run_id, event_type, exc)
+
+
+def retain(run_id):
+    """Give a finished run's log its retention window."""
+    try:
+        client().expire(log_key(f"run-{run_id}"), settings.RUN_EVENTS_RETENTION)
+    except redis.RedisError as exc:
+        log.warning("run %s: could not set the log's retention: %s", run_id, exc)
+
+
+def is_terminal(event):
+    from .models import Run
+
+    return event.type == "run.status" and json.loads(event.data)["status"] in Run.TERMINAL
+
+
+def stop_key(run_id):
+    return f"relay:stop:{run_id}"
+
+
+def request_stop(run_id):
+    """Raise the run's stop flag (read by the worker between chunks) and nudge the workers so
+    the one running it reacts at once."""
+    with client().pipeline() as pipe:
+        pipe.set(stop_key(run_id), "1", ex=settings.RUN_TIME_LIMIT + 3600)
+        pipe.publish(STOP_CHANNEL, str(run_id))
+        pipe.execute()
+
+
+def stop_flags(run_ids):
+    """The ids among `run_ids` whose stop flag is up."""
+    if not run_ids:
+        return set()
+    flags = client().mget([stop_key(r) for r in run_ids])
+    return {run_id for run_id, flag in zip(run_ids, flags, strict=True) if flag}

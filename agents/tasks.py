@@ -1,0 +1,16 @@
+from celery import shared_task
+from django.conf import settings
+
+from . import runner, services
+
+
+# Time limits only apply under the prefork pool; the agent loop enforces RUN_TIME_LIMIT itself,
+# which covers the threads pool the workers use by default.
+@shared_task(soft_time_limit=settings.RUN_TIME_LIMIT + 30, time_limit=settings.RUN_TIME_LIMIT + 90)
+def execute_run_task(run_id):
+    runner.execute(run_id)
+
+
+@shared_task
+def reap_runs_task():
+    return services.runs_reap()

@@ -1,0 +1,14 @@
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from . import api, events
+
+router = SimpleRouter()
+router.register("agents", api.AgentViewSet, basename="agent")
+router.register("threads", api.ThreadViewSet, basename="thread")
+router.register("runs", api.RunViewSet, basename="run")
+
+urlpatterns = [
+    path("runs/<uuid:run_id>/events/", events.run_events, name="run-events"),
+    *router.urls,
+]

@@ -1,0 +1,199 @@
+"""Relay settings: read from the environment, with defaults that let a fresh checkout run."""
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("RELAY_VAR_DIR", BASE_DIR / "var"))
+VAR_DIR.mkdir(exist_ok=True)
+
+# pytest (8.2 and later) sets PYTEST_VERSION; the test suite and the worker and web processes it
+# starts then use a Redis database of their own, so a developer's worker never takes their tasks.
+TESTING = "PYTEST_VERSION" in os.environ
+
+
+def env(name, default=None):
+    return os.environ.get(name, default)
+
+
+def env_bool(name, default=False):
+    return env(name, str(default)).lower() in ("1", "true", "yes", "on")
+
+
+def env_int(name, default):
+    return int(env(name, default))
+
+
+def env_float(name, default):
+    return float(env(name, default))
+
+
+def env_list(name, default=""):
+    return [item.strip() for item in env(name, default).split(",") if item.strip()]
+
+
+DEBUG = env_bool("DEBUG", True)
+SECRET_KEY = env("SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
+    SECRET_KEY = "insecure-development-key-set-SECRET_KEY-in-production"
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_eventstream",
+    "django_celery_beat",
+    "agents",
+    "workflows",
+    "scheduling",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database: SQLite under var/ unless DATABASE_URL names another (postgresql://... uses psycopg 3).
+DATABASES = {
+    "default": dj_database_url.parse(
+        env("DATABASE_URL", f"sqlite:///{VAR_DIR / 'relay.sqlite3'}"), conn_max_age=0
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Workers write from many threads: wait for the lock instead of failing, take the write lock
+    # at BEGIN so two writers never deadlock upgrading a read lock, and let readers run beside
+    # the writer (WAL).
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    # The test database is a file, so the worker and web processes the tests start can open it.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "/admin/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "static"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
+}
+
+# Redis: the Celery broker, the run event logs, live fan-out and stop flags.
+REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/15" if TESTING else "redis://127.0.0.1:6379/0")
+_redis = urlparse(REDIS_URL)
+EVENTSTREAM_REDIS = {
+    "host": _redis.hostname or "127.0.0.1",
+    "port": _redis.port or 6379,
+    "db": int(_redis.path.lstrip("/") or 0),
+    "password": _redis.password,
+}
+EVENTSTREAM_STORAGE_CLASS = "agents.stream.StreamStorage"
+
+# Runs.
+RUN_MAX_ACTIVE_PER_USER = env_int("RUN_MAX_ACTIVE_PER_USER", 10)
+RUN_MESSAGE_MAX_BYTES = env_int("RUN_MESSAGE_MAX_BYTES", 32 * 1024)
+RUN_MAX_TURNS = env_int("RUN_MAX_TURNS", 8)
+RUN_TIME_LIMIT = env_int("RUN_TIME_LIMIT", 15 * 60)  # seconds a run may take
+RUN_LEASE_SECONDS = env_float("RUN_LEASE_SECONDS", 30)  # a run whose lease lapses is reaped
+RUN_HEARTBEAT_SECONDS = env_float("RUN_HEARTBEAT_SECONDS", 10)  # how often workers renew leases
+RUN_REAPER_SECONDS = env_float("RUN_REAPER_SECONDS", 15)  # how often beat sends the reaper
+RUN_INTERRUPT_WAIT = env_float("RUN_INTERRUPT_WAIT", 5)  # how long "interrupt" waits for a stop
+RUN_DELTA_SECONDS = env_float("RUN_DELTA_SECONDS", 0.05)  # message.delta coalescing window
+RUN_EVENTS_MAXLEN = env_int("RUN_EVENTS_MAXLEN", 10_000)  # events kept per run log
+RUN_EVENTS_RETENTION = env_int("RUN_EVENTS_RETENTION", 3600)  # seconds a log lives after its run
+SSE_KEEPALIVE_SECONDS = env_float("SSE_KEEPALIVE_SECONDS", 15)
+
+# Models and tools.
+LLM_BASE_URL = env("LLM_BASE_URL", "https://api.openai.com/v1")
+LLM_API_KEY = env("LLM_API_KEY", "")
+LLM_MODEL = env("LLM_MODEL", "demo")
+LLM_TIMEOUT = env_float("LLM_TIMEOUT", 120)
+TOOLS_HTTP_ALLOWED_HOSTS = env_list("TOOLS_HTTP_ALLOWED_HOSTS")
+TOOLS_HTTP_ALLOW_PRIVATE = env_bool("TOOLS_HTTP_ALLOW_PRIVATE", False)
+
+# Celery: runs are acknowledged when they end, and a worker holds many at once in threads,
+# since they spend their life waiting on the model.
+CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": RUN_TIME_LIMIT + 3600}
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = {"agents.tasks.execute_run_task": {"queue": "runs"}}
+CELERY_WORKER_POOL = env("WORKER_POOL", "threads")
+CELERY_WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 100)
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULE = {
+    "reap-runs": {"task": "agents.tasks.reap_runs_task", "schedule": RUN_REAPER_SECONDS},
+}
+CELERY_TIMEZONE = "UTC"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "agents.auth.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "agents.http.Pagination",
+    "EXCEPTION_HANDLER": "agents.http.exception_handler",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
+    + (["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
+}
