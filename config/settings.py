@@ -129,6 +129,8 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
+    # it logs every listener at INFO
+    "loggers": {"django_eventstream": {"level": "WARNING"}},
 }
 
 # Redis: the Celery broker, the run event logs, live fan-out and stop flags.

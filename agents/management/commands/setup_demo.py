@@ -1,0 +1,35 @@
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from rest_framework.authtoken.models import Token
+
+
+class Command(BaseCommand):
+    help = "Create the demo user (a superuser with a demo agent) and print how to use it."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--username", default="demo")
+        parser.add_argument("--password", default="demo")
+
+    def handle(self, username, password, **options):
+        User = get_user_model()
+        user = User.objects.filter(username=username).first()
+        if user is None:
+            user = User.objects.create_superuser(username, password=password)
+        token, _ = Token.objects.get_or_create(user=user)
+        agent = user.agents.first()
+        port = 8000
+        self.stdout.write(
+            f"""
+Relay is ready.
+  Log in:   http://127.0.0.1:{port}/admin/  as {username} / {password}
+  Home:     http://127.0.0.1:{port}/
+  API key:  {token.key}
+
+Try a run from a shell:
+  T=$(curl -s -H 'Authorization: Bearer {token.key}' -H 'Content-Type: application/json' \\
+        -d '{{"agent": {agent.pk if agent else "null"}}}' http://127.0.0.1:{port}/api/threads/ | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  R=$(curl -s -H 'Authorization: Bearer {token.key}' -H 'Content-Type: application/json' \\
+        -d '{{"message": "Hello! Then calculate 6 * 7"}}' http://127.0.0.1:{port}/api/threads/$T/runs/ | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  curl -N -H 'Authorization: Bearer {token.key}' http://127.0.0.1:{port}/api/runs/$R/events/
+"""
+        )
