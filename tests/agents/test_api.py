@@ -1,0 +1,247 @@
+"""The JSON API: what each endpoint answers, and the 400s, 404s, 409s and 429s users hit."""
+
+import json
+
+import pytest
+from rest_framework.test import APIClient
+
+from agents import services, stream
+from agents.models import Agent, Run, Thread
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def thread(alice):
+    return Thread.objects.create(owner=alice, agent=alice.agents.get())
+
+
+def start(api, thread, **body):
+    return api.post(f"/api/threads/{thread.pk}/runs/", {"message": "Hello", **body}, format="json")
+
+
+def test_it_gives_every_new_user_a_demo_agent(alice):
+    agent = alice.agents.get()
+    assert agent.model == "demo"
+    assert agent.tools == ["calculator", "current_time"]
+
+
+def test_it_creates_lists_changes_and_deletes_agents(alice_api):
+    r = alice_api.post(
+        "/api/agents/",
+        {
+            "name": "Helper",
+            "model": "demo",
+            "tools": ["calculator"],
+            "config": {"demo": {"words": 5}},
+        },
+        format="json",
+    )
+    assert r.status_code == 201, r.data
+    agent_id = r.data["id"]
+    assert [a["name"] for a in alice_api.get("/api/agents/").data["results"]] == ["Demo", "Helper"]
+    r = alice_api.patch(f"/api/agents/{agent_id}/", {"instructions": "Be brief."}, format="json")
+    assert r.data["instructions"] == "Be brief."
+    assert alice_api.delete(f"/api/agents/{agent_id}/").status_code == 204
+    assert not Agent.objects.filter(pk=agent_id).exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "reason"),
+    [
+        ({"name": "X", "tools": ["rm_rf"]}, "tools", "Unknown tools: rm_rf"),
+        ({"name": "X", "config": {"demo": {"words": 0}}}, "config", "greater than or equal to 1"),
+        ({"name": "Demo"}, "name", "already have an agent with this name"),
+        ({}, "name", "This field is required"),
+    ],
+)
+def test_it_refuses_a_bad_agent(alice_api, body, field, reason):
+    r = alice_api.post("/api/agents/", body, format="json")
+    assert r.status_code == 400
+    assert reason in str(r.data[field])
+
+
+def test_it_hides_other_users_objects(alice, alice_api, bob_api, thread):
+    run = services.run_start(user=alice, thread=thread, message="mine")
+    agent = alice.agents.get()
+    for url in [
+        f"/api/agents/{agent.pk}/",
+        f"/api/threads/{thread.pk}/",
+        f"/api/threads/{thread.pk}/messages/",
+        f"/api/runs/{run.pk}/",
+    ]:
+        assert bob_api.get(url).status_code == 404, url
+    assert bob_api.post(f"/api/runs/{run.pk}/stop/").status_code == 404
+    assert start(bob_api, thread).status_code == 404
+    assert bob_api.get("/api/runs/").data["count"] == 0
+    assert Run.objects.get(pk=run.pk).status == Run.Status.QUEUED
+
+
+def test_it_refuses_another_users_agent_as_unknown(alice_api, bob, thread):
+    r = start(alice_api, thread, agent=bob.agents.get().pk)
+    assert r.status_code == 400
+    assert "does not exist" in str(r.data["agent"])
+
+
+def test_it_creates_renames_lists_and_deletes_threads(alice_api, alice):
+    r = alice_api.post("/api/threads/", {}, format="json")
+    assert r.status_code == 201
+    assert r.data["agent"] == alice.agents.get().pk
+    thread_id = r.data["id"]
+    alice_api.patch(f"/api/threads/{thread_id}/", {"title": "Plans"}, format="json")
+    listed = alice_api.get("/api/threads/").data["results"]
+    assert [(t["id"], t["title"], t["active_run"]) for t in listed] == [(thread_id, "Plans", None)]
+    assert alice_api.delete(f"/api/threads/{thread_id}/").status_code == 204
+
+
+def test_it_refuses_to_delete_a_thread_with_an_active_run(alice_api, thread):
+    run_id = start(alice_api, thread).data["id"]
+    assert alice_api.get(f"/api/threads/{thread.pk}/").data["active_run"] == run_id
+    r = alice_api.delete(f"/api/threads/{thread.pk}/")
+    assert r.status_code == 409
+    assert Thread.objects.filter(pk=thread.pk).exists()
+
+
+def test_it_starts_a_run(alice_api, thread):
+    r = start(alice_api, thread, message="What now?")
+    assert r.status_code == 202
+    assert r.data["status"] == "queued"
+    assert r.data["events_url"] == f"/api/runs/{r.data['id']}/events/"
+    messages = alice_api.get(f"/api/threads/{thread.pk}/messages/").data["results"]
+    assert [(m["role"], m["content"], str(m["run"])) for m in messages] == [
+        ("user", "What now?", r.data["id"]),
+    ]
+    assert alice_api.get(f"/api/threads/{thread.pk}/").data["title"] == "What now?"
+    events = stream.StreamStorage().get_events(f"run-{r.data['id']}", 0)
+    assert [(e.id, e.type) for e in events] == [(1, "run.status")]
+
+
+def test_it_accepts_bearer_and_token_keys_and_refuses_bad_ones(alice, thread):
+    from rest_framework.authtoken.models import Token
+
+    key = Token.objects.create(user=alice).key
+    client = APIClient()
+    for header in [f"Bearer {key}", f"Token {key}"]:
+        assert client.get("/api/threads/", HTTP_AUTHORIZATION=header).status_code == 200
+    assert client.get("/api/threads/", HTTP_AUTHORIZATION="Bearer nope").status_code == 401
+    assert client.get("/api/threads/").status_code in (401, 403)
+
+
+def test_it_accepts_a_session(alice, thread):
+    client = APIClient()
+    client.force_login(alice)
+    assert client.get(f"/api/threads/{thread.pk}/").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "reason"),
+    [
+        ({}, "message", "This field is required."),
+        ({"message": ""}, "message", "This field may not be blank."),
+        ({"message": "   "}, "message", "This field may not be blank."),
+        ({"message": None}, "message", "This field may not be null."),
+        ({"message": "x" * 32769}, "message", "no more than 32768 bytes (it has 32769)"),
+        ({"message": "é" * 16385}, "message", "no more than 32768 bytes (it has 32770)"),
+        ({"message": "hi", "agent": 999999}, "agent", "does not exist"),
+        ({"message": "hi", "agent": "abc"}, "agent", "Incorrect type"),
+        ({"message": "hi", "if_busy": "wait"}, "if_busy", '"wait" is not a valid choice.'),
+    ],
+)
+def test_it_refuses_bad_run_input(alice_api, thread, body, field, reason):
+    r = alice_api.post(f"/api/threads/{thread.pk}/runs/", body, format="json")
+    assert r.status_code == 400
+    assert reason in str(r.data[field])
+    assert not Run.objects.exists()
+
+
+def test_it_applies_the_configured_message_limit(alice_api, thread, settings):
+    settings.RUN_MESSAGE_MAX_BYTES = 10
+    assert start(alice_api, thread, message="x" * 10).status_code == 202
+    r = alice_api.post(f"/api/threads/{thread.pk}/runs/", {"message": "x" * 11}, format="json")
+    assert "no more than 10 bytes" in str(r.data["message"])
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ('{"message": "hi"', "JSON parse error"),
+        ("[1, 2]", "Expected a dictionary"),
+        ("null", "No data provided"),
+    ],
+)
+def test_it_refuses_malformed_json(alice_api, thread, raw, reason):
+    r = alice_api.generic(
+        "POST", f"/api/threads/{thread.pk}/runs/", raw, content_type="application/json"
+    )
+    assert r.status_code == 400
+    assert reason in str(r.data)
+
+
+def test_it_answers_409_on_a_busy_thread(alice_api, thread):
+    first = start(alice_api, thread).data["id"]
+    r = start(alice_api, thread)
+    assert r.status_code == 409
+    assert r.data["code"] == "thread_busy"
+    assert r.data["run"] == first
+    assert Run.objects.count() == 1
+
+
+def test_it_interrupts_a_queued_run_when_asked(alice_api, thread):
+    first = start(alice_api, thread).data["id"]
+    r = start(alice_api, thread, message="Instead, this", if_busy="interrupt")
+    assert r.status_code == 202
+    assert Run.objects.get(pk=first).status == Run.Status.STOPPED
+    assert Run.objects.get(pk=r.data["id"]).status == Run.Status.QUEUED
+
+
+def test_it_caps_active_runs_per_user(alice, alice_api, settings):
+    settings.RUN_MAX_ACTIVE_PER_USER = 2
+    threads = [Thread.objects.create(owner=alice, agent=alice.agents.get()) for _ in range(3)]
+    assert [start(alice_api, t).status_code for t in threads] == [202, 202, 429]
+    r = start(alice_api, threads[2])
+    assert r.data["code"] == "too_many_runs"
+    alice_api.post(f"/api/runs/{Run.objects.first().pk}/stop/")
+    assert start(alice_api, threads[2]).status_code == 202
+
+
+def test_it_stops_a_queued_run_at_once_and_twice_harmlessly(alice_api, thread):
+    run_id = start(alice_api, thread).data["id"]
+    for _ in range(2):
+        r = alice_api.post(f"/api/runs/{run_id}/stop/")
+        assert r.status_code == 202
+        assert r.data["status"] == "stopped"
+    events = stream.StreamStorage().get_events(f"run-{run_id}", 0)
+    assert [(e.type, json.loads(e.data)["status"]) for e in events] == [
+        ("run.status", "queued"),
+        ("run.status", "stopped"),
+    ]
+
+
+def test_it_lists_runs_by_status_and_thread(alice, alice_api, thread):
+    other = Thread.objects.create(owner=alice, agent=alice.agents.get())
+    stopped = start(alice_api, thread).data["id"]
+    alice_api.post(f"/api/runs/{stopped}/stop/")
+    queued = start(alice_api, other).data["id"]
+
+    def ids(query):
+        return [r["id"] for r in alice_api.get(f"/api/runs/{query}").data["results"]]
+
+    assert ids("?status=stopped") == [stopped]
+    assert ids("?status=queued") == [queued]
+    assert ids(f"?thread={thread.pk}") == [stopped]
+    assert ids("") == [queued, stopped]
+    r = alice_api.get("/api/runs/?status=lost")
+    assert r.status_code == 400
+    assert "not a valid choice" in str(r.data["status"])
+
+
+def test_it_paginates(alice, alice_api):
+    for i in range(3):
+        Thread.objects.create(owner=alice, title=f"t{i}")
+    page = alice_api.get("/api/threads/?page_size=2").data
+    assert (page["count"], len(page["results"]), page["next"] is not None) == (3, 2, True)
+
+
+def test_it_answers_404_for_malformed_ids(alice_api):
+    assert alice_api.get("/api/runs/not-a-uuid/").status_code == 404
+    assert alice_api.get("/api/threads/abc/").status_code == 404

@@ -1,0 +1,204 @@
+"""The agent loop and the run lifecycle, executed in this process on the real database, Redis and
+(for the OpenAI-compatible client) real HTTP to a local fake model server."""
+
+import json
+import threading
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+import fakellm
+from agents import runner, services, stream
+from agents.models import Message, Run, Thread
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def make_thread(user, **agent_fields):
+    agent = user.agents.get()
+    for field, value in agent_fields.items():
+        setattr(agent, field, value)
+    agent.save()
+    return Thread.objects.create(owner=user, agent=agent)
+
+
+def logged(run):
+    return [
+        (e.id, e.type, json.loads(e.data))
+        for e in stream.StreamStorage().get_events(run.channel, 0, limit=1000)
+    ]
+
+
+def test_it_streams_a_demo_reply_into_a_saved_message(alice):
+    thread = make_thread(alice, config={"demo": {"words": 30, "delay_ms": 0}})
+    run = services.run_start(user=alice, thread=thread, message="Tell me a story")
+    runner.execute(run.pk)
+    run.refresh_from_db()
+    assert run.status == Run.Status.COMPLETED
+    assert run.attempt == 1
+    assert run.output_tokens == 30
+    events = logged(run)
+    assert [e[0] for e in events] == list(range(1, len(events) + 1))
+    types = [e[1] for e in events]
+    assert types[:2] == ["run.status", "run.status"]
+    assert types[-3:] == ["message.done", "usage", "run.status"]
+    assert [e[2]["status"] for e in events if e[1] == "run.status"] == [
+        "queued",
+        "running",
+        "completed",
+    ]
+    reply = thread.messages.get(role="assistant")
+    assert "".join(e[2]["text"] for e in events if e[1] == "message.delta") == reply.content
+    assert len(reply.content.split()) == 30
+    assert events[-3][2]["message"]["content"] == reply.content
+
+
+def test_it_calls_a_tool_and_reports_its_result(alice):
+    thread = make_thread(alice)
+    run = services.run_start(user=alice, thread=thread, message="Please calculate 2 * (3 + 4)")
+    runner.execute(run.pk)
+    types = [e[1] for e in logged(run)]
+    assert types.index("tool.started") < types.index("tool.done")
+    done = next(e[2] for e in logged(run) if e[1] == "tool.done")
+    assert (done["name"], done["output"], done["error"]) == ("calculator", "14", None)
+    roles = list(thread.messages.values_list("role", "content"))
+    assert roles[0] == ("user", "Please calculate 2 * (3 + 4)")
+    assert roles[2] == ("tool", "14")
+    assert roles[3] == ("assistant", "The answer is 14.")
+
+
+def test_it_turns_a_failing_tool_into_a_result_and_goes_on(alice):
+    thread = make_thread(alice)
+    run = services.run_start(user=alice, thread=thread, message="calculate 1/0")
+    runner.execute(run.pk)
+    run.refresh_from_db()
+    assert run.status == Run.Status.COMPLETED
+    tool = thread.messages.get(role="tool")
+    assert tool.is_error
+    assert "division by zero" in tool.content
+    assert "division by zero" in thread.messages.filter(role="assistant").last().content
+
+
+def test_it_fails_a_run_that_uses_all_its_turns(alice, settings):
+    settings.RUN_MAX_TURNS = 1
+    thread = make_thread(alice)
+    run = services.run_start(user=alice, thread=thread, message="calculate 6*7")
+    runner.execute(run.pk)
+    run.refresh_from_db()
+    assert run.status == Run.Status.FAILED
+    assert run.error == "the agent used all 1 model turns without finishing"
+
+
+def test_it_does_not_run_a_run_stopped_before_the_claim(alice):
+    thread = make_thread(alice)
+    run = services.run_start(user=alice, thread=thread, message="Hello")
+    services.run_stop(run=run)
+    runner.execute(run.pk)  # the message arrives after the stop
+    run.refresh_from_db()
+    assert (run.status, run.attempt) == (Run.Status.STOPPED, 0)
+    assert not thread.messages.filter(role="assistant").exists()
+    assert [e[2]["status"] for e in logged(run)] == ["queued", "stopped"]
+
+
+def test_it_ends_stopped_when_the_stop_lands_between_claim_and_start(alice):
+    thread = make_thread(alice)
+    run = services.run_start(user=alice, thread=thread, message="Hello")
+    # the stop request is recorded but its status change lost the race to a claim
+    Run.objects.filter(pk=run.pk).update(stop_requested=timezone.now())
+    runner.execute(run.pk)
+    run.refresh_from_db()
+    assert run.status == Run.Status.STOPPED
+    assert not thread.messages.filter(role="assistant").exists()
+
+
+def test_it_stops_a_running_run_and_keeps_the_partial_reply(alice):
+    thread = make_thread(alice, config={"demo": {"words": 500, "delay_ms": 20}})
+    run = services.run_start(user=alice, thread=thread, message="Go on and on")
+    worker = threading.Thread(target=runner.execute, args=(run.pk,))
+    worker.start()
+    storage = stream.StreamStorage()
+    while not any(e.type == "message.delta" for e in storage.get_events(run.channel, 0)):
+        worker.join(0.02)
+    services.run_stop(run=Run.objects.get(pk=run.pk))
+    worker.join(5)
+    assert not worker.is_alive()
+    run.refresh_from_db()
+    assert run.status == Run.Status.STOPPED
+    events = logged(run)
+    partial = thread.messages.get(role="assistant").content
+    assert 0 < len(partial.split()) < 500
+    assert "".join(e[2]["text"] for e in events if e[1] == "message.delta") == partial
+    assert [e[1] for e in events][-1] == "run.status"
+
+
+def test_it_reaps_a_run_whose_lease_expired_once(alice):
+    thread = make_thread(alice)
+    run = services.run_start(user=alice, thread=thread, message="Hello")
+    assert services.run_claim(run_id=run.pk, worker="gone:1")
+    Run.objects.filter(pk=run.pk).update(lease_expires=timezone.now() - timedelta(seconds=1))
+    assert services.runs_reap() == 1
+    assert services.runs_reap() == 0
+    run.refresh_from_db()
+    assert (run.status, run.error) == (Run.Status.FAILED, "worker lost")
+    assert logged(run)[-1][2] == {"run": str(run.pk), "status": "failed", "error": "worker lost"}
+    # the lost worker's late finish and a redelivered message change nothing
+    assert not services.run_finish(run=run, status=Run.Status.COMPLETED)
+    runner.execute(run.pk)
+    assert Run.objects.get(pk=run.pk).status == Run.Status.FAILED
+    assert [e[2].get("status") for e in logged(run)].count("failed") == 1
+
+
+def test_it_leaves_a_run_with_a_live_lease_alone(alice):
+    thread = make_thread(alice)
+    run = services.run_start(user=alice, thread=thread, message="Hello")
+    services.run_claim(run_id=run.pk, worker="alive:1")
+    assert services.runs_reap() == 0
+
+
+def test_it_runs_an_openai_compatible_model_with_native_tool_calls(alice, settings):
+    with fakellm.FakeLLM() as fake:
+        settings.LLM_BASE_URL = fake.base_url
+        settings.LLM_API_KEY = "sk-test"
+        arguments = json.dumps({"expression": "6*7"})
+        fake.script(
+            chunks=[*fakellm.tool_call(0, "call_a", "calculator", arguments), fakellm.usage(9, 4)]
+        )
+        fake.script(chunks=[fakellm.text("It is "), fakellm.text("42."), fakellm.usage(20, 3)])
+        thread = make_thread(alice, model="gpt-test")
+        run = services.run_start(user=alice, thread=thread, message="What is six times seven?")
+        runner.execute(run.pk)
+        second = fake.requests[1].body
+    run.refresh_from_db()
+    assert run.status == Run.Status.COMPLETED
+    assert (run.input_tokens, run.output_tokens) == (29, 7)
+    assert thread.messages.get(role="tool").content == "42"
+    assert thread.messages.filter(role="assistant").last().content == "It is 42."
+    assert second["model"] == "gpt-test"
+    assert [m["role"] for m in second["messages"]] == ["system", "user", "assistant", "tool"]
+    assert second["messages"][2]["tool_calls"][0]["function"]["arguments"] == arguments
+
+
+def test_it_fails_the_run_with_the_model_servers_error(alice, settings):
+    with fakellm.FakeLLM() as fake:
+        settings.LLM_BASE_URL = fake.base_url
+        fake.fail(500, "the model is overloaded")
+        thread = make_thread(alice, model="gpt-test")
+        run = services.run_start(user=alice, thread=thread, message="Hi")
+        runner.execute(run.pk)
+    run.refresh_from_db()
+    assert run.status == Run.Status.FAILED
+    assert "500" in run.error
+    assert "the model is overloaded" in run.error
+    assert not thread.messages.filter(role="assistant").exists()
+
+
+def test_it_leaves_unanswered_tool_calls_out_of_the_history(alice):
+    thread = make_thread(alice)
+    run = services.run_start(user=alice, thread=thread, message="calc")
+    services.run_stop(run=run)
+    thread.append_message(
+        role=Message.Role.ASSISTANT,
+        tool_calls=[{"id": "c1", "name": "calculator", "arguments": "{}"}],
+    )
+    assert [m["role"] for m in runner.history_messages(thread, thread.agent)] == ["system", "user"]
