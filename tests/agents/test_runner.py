@@ -5,10 +5,10 @@ import json
 import threading
 from datetime import timedelta
 
+import fakellm
 import pytest
 from django.utils import timezone
 
-import fakellm
 from agents import runner, services, stream
 from agents.models import Message, Run, Thread
 

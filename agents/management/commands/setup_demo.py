@@ -16,7 +16,6 @@ class Command(BaseCommand):
         if user is None:
             user = User.objects.create_superuser(username, password=password)
         token, _ = Token.objects.get_or_create(user=user)
-        agent = user.agents.first()
         port = 8000
         self.stdout.write(
             f"""
@@ -25,11 +24,7 @@ Relay is ready.
   Home:     http://127.0.0.1:{port}/
   API key:  {token.key}
 
-Try a run from a shell:
-  T=$(curl -s -H 'Authorization: Bearer {token.key}' -H 'Content-Type: application/json' \\
-        -d '{{"agent": {agent.pk if agent else "null"}}}' http://127.0.0.1:{port}/api/threads/ | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-  R=$(curl -s -H 'Authorization: Bearer {token.key}' -H 'Content-Type: application/json' \\
-        -d '{{"message": "Hello! Then calculate 6 * 7"}}' http://127.0.0.1:{port}/api/threads/$T/runs/ | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-  curl -N -H 'Authorization: Bearer {token.key}' http://127.0.0.1:{port}/api/runs/$R/events/
+Try a run from a shell (the README's "First run" shows the whole exchange):
+  curl -H 'Authorization: Bearer {token.key}' http://127.0.0.1:{port}/api/threads/
 """
         )
