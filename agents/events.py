@@ -69,7 +69,9 @@ def _open(request, run_id, last_id):
             return JsonResponse({"detail": str(exc.detail)}, status=401)
         user = authenticated[0] if authenticated else request.user
         if not user.is_authenticated:
-            return JsonResponse({"detail": "Authentication credentials were not provided."}, 401)
+            return JsonResponse(
+                {"detail": "Authentication credentials were not provided."}, status=401
+            )
         status = Run.objects.filter(pk=run_id, owner=user).values_list("status", flat=True).first()
         if status is None:
             return JsonResponse({"detail": "Not found."}, status=404)
@@ -85,29 +87,27 @@ def _settled(channel, last_id, status):
     and its log has expired."""
     if status not in Run.TERMINAL:
         return None
-    storage = StreamStorage()
-    if last_id:
-        try:
-            seen = storage.get_events(channel, last_id - 1, limit=1)
-        except EventDoesNotExist:
-            seen = []
-        if seen and is_terminal(seen[0]):
-            return HttpResponse(status=204)
-    if storage.get_current_id(channel) == 0:
+    newest = StreamStorage().newest(channel)
+    if newest is None:
         response = StreamingHttpResponse(
             _stream(channel, last_id, user_id=None, gone=True), content_type="text/event-stream"
         )
         response["Cache-Control"] = "no-cache"
         return response
+    if last_id >= newest.id and is_terminal(newest):
+        return HttpResponse(status=204)
     return None
 
 
 def _read(channel, last_id):
-    """Events after `last_id` from the log, and the id to reset to when it is no longer there."""
+    """Events after `last_id` from the log. When `last_id` is no longer in it: no events, the
+    id to reset to, and whether the log already ends with the run's terminal event."""
+    storage = StreamStorage()
     try:
-        return StreamStorage().get_events(channel, last_id, limit=READ_LIMIT), None
+        return storage.get_events(channel, last_id, limit=READ_LIMIT), None, False
     except EventDoesNotExist as exc:
-        return [], exc.current_id
+        newest = storage.newest(channel)
+        return [], exc.current_id, newest is not None and is_terminal(newest)
 
 
 def _reset(channel, current_id):
@@ -136,10 +136,11 @@ async def _stream(channel, last_id, *, user_id, gone):
         from_log = True
         while True:
             if from_log:
-                events, reset_to = await read(channel, last_id)
+                events, reset_to, ended = await read(channel, last_id)
                 if reset_to is not None:
                     yield _reset(channel, reset_to)
-                    if reset_to == 0:  # the log is gone: the client reloads from the database
+                    # the client reloads from the database, which has all of an ended run
+                    if ended or reset_to == 0:
                         return
                     last_id = reset_to
                     continue

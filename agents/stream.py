@@ -76,8 +76,16 @@ class StreamStorage(StorageBase):
         return [Event(channel, f["t"], f["d"], id=_entry_id(i)) for i, f in entries]
 
     def get_current_id(self, channel):
-        newest = client().xrevrange(log_key(channel), count=1)
-        return _entry_id(newest[0][0]) if newest else 0
+        newest = self.newest(channel)
+        return newest.id if newest else 0
+
+    def newest(self, channel):
+        """The channel's last event, or None when its log is empty or gone."""
+        entries = client().xrevrange(log_key(channel), count=1)
+        if not entries:
+            return None
+        entry_id, fields = entries[0]
+        return Event(channel, fields["t"], fields["d"], id=_entry_id(entry_id))
 
 
 def emit(run_id, event_type, **data):
