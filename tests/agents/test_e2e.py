@@ -11,6 +11,7 @@ from django.test import override_settings
 
 from agents import services, stream
 from agents.models import Run, Thread
+
 from conftest import wait_for, wait_for_status
 from sse import follow, text_of
 

@@ -5,12 +5,13 @@ import json
 import threading
 from datetime import timedelta
 
-import fakellm
 import pytest
 from django.utils import timezone
 
 from agents import runner, services, stream
 from agents.models import Message, Run, Thread
+
+import fakellm
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
