@@ -8,10 +8,8 @@ event logs), and reports the peaks and the worker's memory.
 """
 
 import argparse
+import os
 import time
-
-from agents import services, stream
-from agents.models import Run, Thread
 
 from setup import prepare
 
@@ -25,10 +23,16 @@ def rss_mb(pid):
 
 
 def main():
+    # after setup.py has configured Django
+    from agents import services, stream
+    from agents.models import Run, Thread
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=150)
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--concurrency", type=int, default=100, help="the worker's threads")
     args = parser.parse_args()
+    os.environ["WORKER_CONCURRENCY"] = str(args.concurrency)
     user, _, live = prepare()
     agent = user.agents.get()
     words = 50
@@ -47,14 +51,18 @@ def main():
         started = time.monotonic()
         while Run.objects.filter(pk__in=runs, status__in=Run.ACTIVE).exists():
             time.sleep(1)
-            running = Run.objects.filter(pk__in=runs, status=Run.Status.RUNNING).count()
+            running = {
+                f"run-{pk}"
+                for pk in Run.objects.filter(pk__in=runs, status=Run.Status.RUNNING).values_list(
+                    "pk", flat=True
+                )
+            }
             progressing = 0
             for channel in channels:
                 newest = stream.StreamStorage().get_current_id(channel)
-                if newest > last_ids[channel]:
-                    progressing += 1
-                    last_ids[channel] = newest
-            peak_running = max(peak_running, running)
+                progressing += channel in running and newest > last_ids[channel]
+                last_ids[channel] = newest
+            peak_running = max(peak_running, len(running))
             peak_progressing = max(peak_progressing, progressing)
             peak_rss = max(peak_rss, rss_mb(worker.pid))
         elapsed = time.monotonic() - started
@@ -63,7 +71,7 @@ def main():
         live.stop_all()
     print(
         f"{args.runs} runs of ~{args.seconds:g} s in one worker process: peak {peak_running}"
-        f" running at once, peak {peak_progressing} writing in the same second;"
+        f" running at once, peak {peak_progressing} of them writing within the same second;"
         f" {completed} completed in {elapsed:.1f} s;"
         f" worker RSS {idle_rss:.0f} MB idle, {peak_rss:.0f} MB at peak"
     )

@@ -12,8 +12,6 @@ import time
 
 import httpx
 
-from agents.models import Thread
-
 from setup import describe, prepare
 from sse import parse
 
@@ -34,6 +32,9 @@ def first_delta(client, base_url, headers, thread):
 
 
 def main():
+    # after setup.py has configured Django
+    from agents.models import Thread
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=50)
     args = parser.parse_args()

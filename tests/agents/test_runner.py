@@ -8,12 +8,19 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from agents import runner, services, stream
+from agents import runner, services, stream, tasks
 from agents.models import Message, Run, Thread
 
 import fakellm
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_queue(monkeypatch):
+    """These tests are the worker: keep the runs away from a live worker the end-to-end tests
+    may have left running, which would otherwise race them for the claim."""
+    monkeypatch.setattr(tasks.execute_run_task, "delay", lambda run_id: None)
 
 
 def make_thread(user, **agent_fields):
