@@ -1,5 +1,7 @@
 """The JSON API: agents, threads, their messages, and runs (start, get, list, stop)."""
 
+import json
+
 from django.conf import settings
 from django.db.models import OuterRef, Subquery
 from rest_framework import mixins, serializers, status, viewsets
@@ -48,6 +50,8 @@ class AgentSerializer(serializers.ModelSerializer):
         return list(dict.fromkeys(value))
 
     def validate_config(self, value):
+        if "\\u0000" in json.dumps(value):  # PostgreSQL's jsonb cannot store it
+            raise serializers.ValidationError("Null characters are not allowed.")
         demo = DemoConfigSerializer(data=value.get("demo", {}))
         if not demo.is_valid():
             raise serializers.ValidationError({"demo": demo.errors})

@@ -12,6 +12,7 @@ stream holds no thread and no database connection while it waits.
 
 import asyncio
 
+import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
@@ -35,7 +36,12 @@ async def run_events(request, run_id):
         last_id = last_event_id(request, channel)
     except ValueError as exc:
         return JsonResponse({"detail": str(exc), "code": "invalid_last_event_id"}, status=400)
-    outcome = await sync_to_async(_open, thread_sensitive=False)(request, run_id, last_id)
+    try:
+        outcome = await sync_to_async(_open, thread_sensitive=False)(request, run_id, last_id)
+    except redis.RedisError:
+        return JsonResponse(
+            {"detail": "The event stream is unavailable; retry shortly."}, status=503
+        )
     if isinstance(outcome, HttpResponse):
         return outcome
     response = StreamingHttpResponse(

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import time
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection
 from django.db.models import Q
@@ -17,6 +18,11 @@ from .models import Message, Run
 from .worker import worker
 
 log = logging.getLogger(__name__)
+
+
+def clean(text):
+    """Text from a model or a tool, storable: PostgreSQL refuses NUL characters."""
+    return text.replace("\x00", "\ufffd") if text else text
 
 
 class Stopped(Exception):
@@ -66,6 +72,8 @@ class AgentLoop:
             status = Run.Status.STOPPED
         except (RunFailed, llm.ModelError) as exc:
             status, error = Run.Status.FAILED, str(exc)
+        except SoftTimeLimitExceeded:  # Celery's limit, under the prefork pool
+            status, error = Run.Status.FAILED, self._over_time()
         except Exception as exc:
             log.exception("run %s failed", self.run.pk)
             status, error = Run.Status.FAILED, f"internal error: {type(exc).__name__}: {exc}"
@@ -133,14 +141,20 @@ class AgentLoop:
         try:
             for item in model.stream(history, schemas, self.stop):
                 if isinstance(item, llm.TextDelta):
-                    text.append(item.text)
-                    pending.append(item.text)
+                    text.append(clean(item.text))
+                    pending.append(text[-1])
                     # at most one delta per window: the first token goes at once, a burst
                     # waits for the window to close
                     if time.monotonic() - flushed >= settings.RUN_DELTA_SECONDS:
                         flush()
                 elif isinstance(item, llm.ToolCall):
-                    calls.append({"id": item.id, "name": item.name, "arguments": item.arguments})
+                    calls.append(
+                        {
+                            "id": clean(item.id),
+                            "name": clean(item.name),
+                            "arguments": clean(item.arguments),
+                        }
+                    )
                 elif isinstance(item, llm.Usage):
                     self.input_tokens += item.input_tokens
                     self.output_tokens += item.output_tokens
@@ -167,22 +181,23 @@ class AgentLoop:
             arguments=call["arguments"],
         )
         result = tools.call(call["name"], call["arguments"], allowed=self.agent.tools)
+        output, error = clean(result.output), clean(result.error)
         with db():
             message = self.thread.append_message(
                 role=Message.Role.TOOL,
                 run=self.run,
                 name=call["name"],
                 tool_call_id=call["id"],
-                content=result.output if result.error is None else f"Error: {result.error}",
-                is_error=result.error is not None,
+                content=output if error is None else f"Error: {error}",
+                is_error=error is not None,
             )
         stream.emit(
             self.run.pk,
             "tool.done",
             call=call["id"],
             name=call["name"],
-            output=result.output,
-            error=result.error,
+            output=output,
+            error=error,
         )
         stream.emit(self.run.pk, "message.done", message=message.as_event())
         return message

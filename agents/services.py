@@ -2,18 +2,21 @@
 UPDATE whose row count says whether this caller made it, so a run reaches one terminal status
 once, whoever races for it (a worker finishing, a stop request, the reaper)."""
 
+import json
 import logging
 import time
 from datetime import timedelta
 
+import redis
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from django_eventstream.storage import EventDoesNotExist
 
 from . import stream
-from .models import Run, Thread
+from .models import Message, Run, Thread
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +144,10 @@ def run_stop(*, run):
         stop_requested=now
     )
     if Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).exists():
-        stream.request_stop(run.pk)
+        try:
+            stream.request_stop(run.pk)
+        except redis.RedisError as exc:  # the worker finds the column at its next heartbeat
+            log.warning("run %s: could not raise the stop flag: %s", run.pk, exc)
 
 
 def run_finish(*, run, status, error="", where=None, usage=None):
@@ -168,11 +174,35 @@ def runs_reap():
     now = timezone.now()
     reaped = 0
     for run in Run.objects.filter(status=Run.Status.RUNNING, lease_expires__lt=now):
+        _salvage_partial_reply(run)
         stale = Q(attempt=run.attempt, lease_expires__lt=now)
         if run_finish(run=run, status=Run.Status.FAILED, error="worker lost", where=stale):
             log.warning("run %s: reaped, its worker %s was lost", run.pk, run.lease_owner)
             reaped += 1
     return reaped
+
+
+def _salvage_partial_reply(run):
+    """The reply a lost worker was writing exists only in the run's event log: save it into its
+    message and announce it, or drop the message when the log no longer holds its start."""
+    for message in run.messages.filter(role=Message.Role.ASSISTANT, content="", tool_calls=[]):
+        try:
+            events = stream.StreamStorage().get_events(
+                run.channel, 0, limit=settings.RUN_EVENTS_MAXLEN
+            )
+        except (EventDoesNotExist, redis.RedisError):
+            events = []
+        text = "".join(
+            data["text"]
+            for data in (json.loads(e.data) for e in events if e.type == "message.delta")
+            if data["message"] == message.pk
+        )
+        if text:
+            message.content = text
+            message.save(update_fields=["content"])
+            stream.emit(run.pk, "message.done", message=message.as_event())
+        else:
+            message.delete()
 
 
 def thread_delete(*, thread: Thread):

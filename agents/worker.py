@@ -73,16 +73,20 @@ class Worker:
                 log.warning("cannot read stop flags: %s", exc)
             if time.monotonic() - renewed >= settings.RUN_HEARTBEAT_SECONDS:
                 renewed = time.monotonic()
-                self._renew(list(runs))
+                self._renew(runs)
 
-    def _renew(self, run_ids):
+    def _renew(self, runs):
+        """Extend the leases, and honour stop requests whose Redis flag was lost."""
         expires = timezone.now() + timedelta(seconds=settings.RUN_LEASE_SECONDS)
         try:
-            Run.objects.filter(
-                pk__in=run_ids, status=Run.Status.RUNNING, lease_owner=self.id
-            ).update(lease_expires=expires)
+            mine = Run.objects.filter(
+                pk__in=list(runs), status=Run.Status.RUNNING, lease_owner=self.id
+            )
+            mine.update(lease_expires=expires)
+            for run_id in mine.filter(stop_requested__isnull=False).values_list("pk", flat=True):
+                runs[str(run_id)].set()
         except Exception:
-            log.exception("cannot renew the leases of %d runs", len(run_ids))
+            log.exception("cannot renew the leases of %d runs", len(runs))
         finally:
             connection.close()
 

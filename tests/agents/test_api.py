@@ -53,6 +53,9 @@ def test_it_creates_lists_changes_and_deletes_agents(alice_api):
         ({"name": "X", "config": {"demo": {"words": 0}}}, "config", "greater than or equal to 1"),
         ({"name": "Demo"}, "name", "already have an agent with this name"),
         ({}, "name", "This field is required"),
+        ({"name": "X", "config": {"note": "\u0000"}}, "config", "Null characters"),
+        ({"name": "X", "config": "fast"}, "config", "Expected a dictionary"),
+        ({"name": "X", "tools": "calculator"}, "tools", "Expected a list"),
     ],
 )
 def test_it_refuses_a_bad_agent(alice_api, body, field, reason):

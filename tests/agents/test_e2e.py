@@ -13,7 +13,7 @@ from agents import services, stream
 from agents.models import Run, Thread
 
 from conftest import wait_for, wait_for_status
-from sse import follow, text_of
+from sse import follow, parse, text_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -90,8 +90,6 @@ def test_it_resumes_with_the_query_parameter_too(live, live_api, alice):
     first = follow(live.base_url, run_id, live_api, until=lambda e: e.number == 4)
     url = f"{live.base_url}/api/runs/{run_id}/events/?lastEventId={first[-1].id}"
     with httpx.stream("GET", url, headers=live_api, timeout=30) as response:
-        from sse import parse
-
         rest = [e for e in parse(response.iter_lines()) if e.id]
     assert_consecutive(first + rest)
 
@@ -229,3 +227,39 @@ def test_one_worker_holds_fifty_slow_runs_at_once(live, live_api, alice):
         timeout=60,
         message="50 runs completed",
     )
+
+
+def test_forty_open_streams_get_every_event_and_hold_no_database_connection(live, live_api, alice):
+    thread = new_thread(alice, words=1000, delay_ms=20)
+    run_id = start(live, live_api, thread)
+    follow(live.base_url, run_id, live_api, until=lambda e: e.type == "message.delta")
+    connected = threading.Semaphore(0)
+    transcripts = [[] for _ in range(40)]
+
+    def listen(received):
+        url = f"{live.base_url}/api/runs/{run_id}/events/"
+        with httpx.stream("GET", url, headers=live_api, timeout=60) as response:
+            for event in parse(response.iter_lines()):
+                if event.type == "stream-open":
+                    connected.release()
+                elif event.id:
+                    received.append(event)
+
+    clients = [threading.Thread(target=listen, args=(t,)) for t in transcripts]
+    for client in clients:
+        client.start()
+    for _ in clients:
+        assert connected.acquire(timeout=20)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "select count(*) from pg_stat_activity where datname = current_database()"
+                " and pid <> pg_backend_pid()"
+            )
+            assert cursor.fetchone()[0] < 10  # the worker's, at most: none per stream
+    httpx.post(f"{live.base_url}/api/runs/{run_id}/stop/", headers=live_api)
+    for client in clients:
+        client.join(20)
+    for received in transcripts:
+        assert_consecutive(received)
+        assert received[-1].json["status"] == "stopped"

@@ -12,6 +12,7 @@ from agents import runner, services, stream, tasks
 from agents.models import Message, Run, Thread
 
 import fakellm
+from conftest import wait_for_status
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -210,3 +211,65 @@ def test_it_leaves_unanswered_tool_calls_out_of_the_history(alice):
         tool_calls=[{"id": "c1", "name": "calculator", "arguments": "{}"}],
     )
     assert [m["role"] for m in runner.history_messages(thread, thread.agent)] == ["system", "user"]
+
+
+def test_it_fails_a_run_over_its_time_limit(alice, settings):
+    settings.RUN_TIME_LIMIT = 1
+    thread = make_thread(alice, config={"demo": {"words": 500, "delay_ms": 20}})
+    run = services.run_start(user=alice, thread=thread, message="Take your time")
+    runner.execute(run.pk)
+    run.refresh_from_db()
+    assert (run.status, run.error) == (
+        Run.Status.FAILED,
+        "the run took longer than its time limit (1 s)",
+    )
+    assert 0 < len(thread.messages.get(role="assistant").content.split()) < 500
+
+
+def test_it_stores_text_with_null_characters_from_a_model(alice, settings):
+    with fakellm.FakeLLM() as fake:
+        settings.LLM_BASE_URL = fake.base_url
+        fake.script(chunks=[fakellm.text("a\u0000b")])
+        thread = make_thread(alice, model="gpt-test")
+        run = services.run_start(user=alice, thread=thread, message="Hi")
+        runner.execute(run.pk)
+    reply = thread.messages.get(role="assistant").content
+    assert reply == "a\ufffdb"
+    assert "".join(e[2]["text"] for e in logged(run) if e[1] == "message.delta") == reply
+
+
+def test_it_saves_a_lost_workers_partial_reply_from_the_log(alice):
+    thread = make_thread(alice)
+    run = services.run_start(user=alice, thread=thread, message="Hello")
+    services.run_claim(run_id=run.pk, worker="gone:1")
+    # what a worker leaves behind when it dies mid-reply: an empty message, and deltas
+    message = thread.append_message(role=Message.Role.ASSISTANT, run=run)
+    for text in ["Half ", "a ", "thought"]:
+        stream.emit(run.pk, "message.delta", message=message.pk, text=text)
+    Run.objects.filter(pk=run.pk).update(lease_expires=timezone.now() - timedelta(seconds=1))
+    services.runs_reap()
+    message.refresh_from_db()
+    assert message.content == "Half a thought"
+    assert [e[1] for e in logged(run)][-2:] == ["message.done", "run.status"]
+
+
+def test_it_drops_a_lost_workers_empty_reply(alice):
+    thread = make_thread(alice)
+    run = services.run_start(user=alice, thread=thread, message="Hello")
+    services.run_claim(run_id=run.pk, worker="gone:1")
+    thread.append_message(role=Message.Role.ASSISTANT, run=run)
+    Run.objects.filter(pk=run.pk).update(lease_expires=timezone.now() - timedelta(seconds=1))
+    services.runs_reap()
+    assert not thread.messages.filter(role="assistant").exists()
+
+
+def test_it_honours_a_stop_whose_redis_flag_was_lost(alice, settings):
+    settings.RUN_HEARTBEAT_SECONDS = 0.5
+    thread = make_thread(alice, config={"demo": {"words": 500, "delay_ms": 20}})
+    run = services.run_start(user=alice, thread=thread, message="Go on")
+    worker = threading.Thread(target=runner.execute, args=(run.pk,))
+    worker.start()
+    wait_for_status(run.pk, Run.Status.RUNNING)
+    Run.objects.filter(pk=run.pk).update(stop_requested=timezone.now())  # the column only
+    worker.join(5)
+    assert Run.objects.get(pk=run.pk).status == Run.Status.STOPPED
