@@ -8,6 +8,7 @@ event logs), and reports the peaks and the worker's memory.
 """
 
 import argparse
+import json
 import os
 import time
 
@@ -20,6 +21,17 @@ def rss_mb(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def streamed_text(stream, run_id):
+    events = stream.StreamStorage().get_events(f"run-{run_id}", 0, limit=10_000)
+    return "".join(json.loads(e.data)["text"] for e in events if e.type == "message.delta")
+
+
+def saved_text(run_id):
+    from agents.models import Message
+
+    return Message.objects.get(run_id=run_id, role="assistant").content
 
 
 def main():
@@ -67,12 +79,13 @@ def main():
             peak_rss = max(peak_rss, rss_mb(worker.pid))
         elapsed = time.monotonic() - started
         completed = Run.objects.filter(pk__in=runs, status=Run.Status.COMPLETED).count()
+        intact = sum(streamed_text(stream, run) == saved_text(run) for run in runs)
     finally:
         live.stop_all()
     print(
         f"{args.runs} runs of ~{args.seconds:g} s in one worker process: peak {peak_running}"
         f" running at once, peak {peak_progressing} of them writing within the same second;"
-        f" {completed} completed in {elapsed:.1f} s;"
+        f" {completed} completed in {elapsed:.1f} s, {intact} with every delta in the log;"
         f" worker RSS {idle_rss:.0f} MB idle, {peak_rss:.0f} MB at peak"
     )
 

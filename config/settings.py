@@ -143,6 +143,7 @@ EVENTSTREAM_REDIS = {
     "password": _redis.password,
 }
 EVENTSTREAM_STORAGE_CLASS = "agents.stream.StreamStorage"
+REDIS_POOL_SIZE = env_int("REDIS_POOL_SIZE", 50)  # connections per process
 
 # Runs.
 RUN_MAX_ACTIVE_PER_USER = env_int("RUN_MAX_ACTIVE_PER_USER", 10)
