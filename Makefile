@@ -23,7 +23,7 @@ help:
 	@echo "  migrate   apply the database migrations"
 	@echo "  demo      create the demo user and print how to log in"
 	@echo "  run       venv, services, migrate and demo, then web, worker and beat (Procfile)"
-	@echo "  test      run the test suite (pass pytest options as ARGS='...')"
+	@echo "  test      run the test suite, browser tests included (pytest options: ARGS='...')"
 	@echo "  lint      ruff check, ruff format --check, and check for missing migrations"
 	@echo "  bench     run the benchmarks in bench/"
 	@echo "  clean     remove test artifacts (the venv, dev database and bench results stay)"
@@ -65,6 +65,7 @@ run: venv services migrate demo
 	VENV=$(VENV) $(VENV)/bin/honcho start -f Procfile
 
 test: venv services
+	bin/services chromium
 	$(PY) -m pytest $(ARGS)
 
 lint: venv

@@ -80,7 +80,10 @@ class Message(models.Model):
         return f"{self.role}: {self.content[:60]}"
 
     def as_event(self):
+        from .markdown import render
+
         return {
+            "html": render(self.content) if self.role == self.Role.ASSISTANT else "",
             "id": self.id,
             "role": self.role,
             "content": self.content,

@@ -1,10 +1,30 @@
 from django.contrib import admin
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.mixins import LoginRequiredMixin
 from django.urls import include, path
-from django.views.generic import TemplateView
+from django.views.generic import RedirectView, TemplateView
+
+from agents import views
+
+
+class NotYet(LoginRequiredMixin, TemplateView):
+    """A section of the navigation whose pages are still to come."""
+
+    template_name = "soon.html"
+
 
 urlpatterns = [
-    path("", login_required(TemplateView.as_view(template_name="home.html")), name="home"),
+    path("", RedirectView.as_view(pattern_name="chats"), name="home"),
+    path("chats/", views.chat_list, name="chats"),
+    path("chats/new/", views.chat_create, name="chat-create"),
+    path("chats/<int:pk>/", views.chat_detail, name="chat"),
+    path("chats/<int:pk>/messages/", views.chat_messages, name="chat-messages"),
+    path("chats/<int:pk>/rename/", views.chat_rename, name="chat-rename"),
+    path("chats/<int:pk>/delete/", views.chat_delete, name="chat-delete"),
+    path("workflows/", NotYet.as_view(extra_context={"section": "Workflows"}), name="workflows"),
+    path("schedules/", NotYet.as_view(extra_context={"section": "Schedules"}), name="schedules"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/", include("agents.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -51,6 +51,7 @@ def live(django_db_setup, django_db_blocker, tmp_path_factory):
             RUN_LEASE_SECONDS="3",
             RUN_HEARTBEAT_SECONDS="1",
             RUN_REAPER_SECONDS="1",
+            LLM_BASE_URL="http://127.0.0.1:9/v1",  # nothing listens: a model that cannot be reached
         )
         processes.start_web()
         processes.start_worker()

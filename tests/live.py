@@ -34,6 +34,7 @@ class Live:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "LOG_LEVEL": "WARNING", **env, "DATABASE_URL": database_url()}
+        self.env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)  # the browser tests' concession, not theirs
         self.logs = tmp
         self.processes = {}
 

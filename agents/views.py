@@ -1,0 +1,94 @@
+"""The chat pages. They render what the database holds; the page's script starts and stops
+runs through the JSON API and follows them on the SSE stream."""
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db.models import OuterRef, Subquery
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from . import services
+from .models import Message, Run
+
+
+@login_required
+def chat_list(request):
+    active = Run.objects.active().filter(thread=OuterRef("pk")).values("status")[:1]
+    threads = request.user.threads.select_related("agent").annotate(active_status=Subquery(active))
+    return render(
+        request, "chats/list.html", {"threads": threads, "agents": request.user.agents.all()}
+    )
+
+
+@login_required
+@require_POST
+def chat_create(request):
+    agent = get_object_or_404(request.user.agents, pk=request.POST.get("agent") or 0)
+    thread = request.user.threads.create(agent=agent)
+    return redirect("chat", pk=thread.pk)
+
+
+@login_required
+def chat_detail(request, pk):
+    thread = get_object_or_404(request.user.threads.select_related("agent"), pk=pk)
+    runs = chat_runs(thread)
+    active = next((run for run in runs if run.is_active), None)
+    return render(
+        request,
+        "chats/detail.html",
+        {"thread": thread, "runs": runs, "active": active, "agents": request.user.agents.all()},
+    )
+
+
+@login_required
+def chat_messages(request, pk):
+    """The conversation alone, for a page that must reload it (after a stream-reset)."""
+    thread = get_object_or_404(request.user.threads, pk=pk)
+    return render(request, "chats/_runs.html", {"runs": chat_runs(thread)})
+
+
+@login_required
+@require_POST
+def chat_rename(request, pk):
+    thread = get_object_or_404(request.user.threads, pk=pk)
+    thread.title = request.POST.get("title", "").strip()[:200]
+    thread.save(update_fields=["title", "updated"])
+    return redirect(request.POST.get("next") or "chat", pk=thread.pk)
+
+
+@login_required
+@require_POST
+def chat_delete(request, pk):
+    thread = get_object_or_404(request.user.threads, pk=pk)
+    try:
+        services.thread_delete(thread=thread)
+    except services.ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("chat", pk=pk)
+    messages.success(request, f"Deleted “{thread}”.")
+    return redirect("chats")
+
+
+def chat_runs(thread):
+    """The thread's runs in order, each with `items`: its messages as the page shows them, an
+    assistant message carrying `calls` (each tool call with its result message)."""
+    runs = list(thread.runs.order_by("created"))
+    by_id = {run.pk: run for run in runs}
+    for run in runs:
+        run.items = []
+    results = {}
+    for message in thread.messages.all():
+        if message.role == Message.Role.TOOL:
+            results[message.tool_call_id] = message
+            continue
+        # an assistant message still being written is empty here: the stream brings it
+        if message.role == Message.Role.ASSISTANT and not (message.content or message.tool_calls):
+            continue
+        if message.run_id in by_id:
+            by_id[message.run_id].items.append(message)
+    for run in runs:
+        for message in run.items:
+            message.calls = [
+                {**call, "result": results.get(call["id"])} for call in message.tool_calls
+            ]
+    return runs

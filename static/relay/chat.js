@@ -1,0 +1,293 @@
+// The chat page: sends messages through the JSON API and follows runs on their SSE stream.
+//
+// A run is followed from its first event (`?lastEventId=run-<id>:0`), so a page loaded mid-run
+// rebuilds the reply being written from its deltas; messages the server already rendered
+// (data-message) ignore theirs. Every event id is applied once: the browser resends the last
+// id it saw when it reconnects, and anything at or below the last applied id is skipped.
+(function () {
+  "use strict";
+
+  const chat = document.getElementById("chat");
+  if (!chat) return;
+  const threadId = chat.dataset.thread;
+  const runsBox = document.getElementById("runs");
+  const notice = document.getElementById("notice");
+  const composer = document.getElementById("composer");
+  const textarea = composer.elements.message;
+  const interrupt = composer.elements.interrupt;
+  const interruptLabel = composer.querySelector(".interrupt");
+  const sendButton = document.getElementById("send");
+  const stopButton = document.getElementById("stop");
+  const csrf = document.querySelector("[name=csrfmiddlewaretoken]").value;
+  const TERMINAL = new Set(["completed", "failed", "stopped"]);
+  const RECONNECT_GIVE_UP_MS = 10000;
+
+  let current = null; // {id, source, applied, section}
+
+  function showNotice(text) {
+    notice.textContent = text;
+    notice.hidden = !text;
+  }
+
+  function setActive(active) {
+    stopButton.hidden = !active;
+    interruptLabel.hidden = !active;
+    if (!active) interrupt.checked = false;
+    updateComposer();
+  }
+
+  function updateComposer() {
+    const blocked = current !== null && !interrupt.checked;
+    sendButton.disabled = blocked;
+    textarea.disabled = blocked;
+  }
+
+  function element(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function runSection(runId) {
+    let section = runsBox.querySelector(`section.run[data-run="${runId}"]`);
+    if (!section) {
+      section = element("section", "run");
+      section.dataset.run = runId;
+      const footer = element("footer", "run-footer");
+      for (const role of ["status", "error", "usage"]) {
+        const span = element("span", role === "status" ? "badge" : role === "error" ? "run-error" : "usage");
+        span.dataset.role = role;
+        footer.append(span, " ");
+      }
+      section.append(footer);
+      runsBox.append(section);
+    }
+    return section;
+  }
+
+  function insertBeforeFooter(section, node) {
+    section.insertBefore(node, section.querySelector("footer"));
+    node.scrollIntoView({ block: "end" });
+  }
+
+  function messageNode(section, id, role) {
+    let node = section.querySelector(`[data-message="${id}"]`);
+    if (!node) {
+      node = element("div", `message ${role}`);
+      node.dataset.message = id;
+      insertBeforeFooter(section, node);
+    }
+    return node;
+  }
+
+  function toolCard(section, call, name, args) {
+    let card = section.querySelector(`details.tool[data-call="${CSS.escape(call)}"]`);
+    if (!card) {
+      card = element("details", "tool");
+      card.dataset.call = call;
+      const summary = element("summary");
+      summary.append(element("span", "tool-name", name), " ", element("span", "tool-state", "running…"));
+      const body = element("div", "tool-body");
+      body.append(element("h4", "", "Arguments"), element("pre", "tool-arguments", args || ""),
+                  element("h4", "tool-output-title", "Output"), element("pre", "tool-output", ""));
+      card.append(summary, body);
+      insertBeforeFooter(section, card);
+    }
+    return card;
+  }
+
+  function setStatus(section, status, error) {
+    const badge = section.querySelector('[data-role="status"]');
+    badge.textContent = status;
+    badge.className = `badge ${status}`;
+    section.querySelector('[data-role="error"]').textContent = error || "";
+  }
+
+  const handlers = {
+    "run.status"(section, data) {
+      setStatus(section, data.status, data.error);
+      if (TERMINAL.has(data.status)) {
+        finish();
+        if (data.status === "failed") showNotice(`The run failed: ${data.error}`);
+      }
+    },
+    "message.delta"(section, data) {
+      const node = messageNode(section, data.message, "assistant");
+      if (node.dataset.done) return; // rendered by the server, or finished already
+      node.classList.add("streaming");
+      node.append(data.text);
+    },
+    "message.done"(section, data) {
+      const message = data.message;
+      if (message.role === "assistant") {
+        if (message.content) {
+          const node = messageNode(section, message.id, "assistant");
+          node.innerHTML = message.html; // sanitized by the server (agents/markdown.py)
+          node.classList.remove("streaming");
+          node.dataset.done = "1";
+        }
+        for (const call of message.tool_calls) toolCard(section, call.id, call.name, call.arguments);
+      }
+    },
+    "tool.started"(section, data) {
+      toolCard(section, data.call, data.name, data.arguments);
+    },
+    "tool.done"(section, data) {
+      const card = toolCard(section, data.call, data.name, "");
+      card.querySelector(".tool-state").textContent = data.error ? "error" : "done";
+      card.querySelector(".tool-output-title").textContent = data.error ? "Error" : "Output";
+      card.querySelector(".tool-output").textContent = data.error || data.output;
+    },
+    usage(section, data) {
+      section.querySelector('[data-role="usage"]').textContent =
+        `${data.input_tokens} in · ${data.output_tokens} out tokens`;
+    },
+  };
+
+  function follow(runId, fromId) {
+    const section = runSection(runId);
+    // what the server rendered is done: its deltas are not applied again
+    for (const node of section.querySelectorAll("[data-message]")) node.dataset.done = "1";
+    const last = fromId === undefined ? `run-${runId}:0` : fromId;
+    const source = new EventSource(`/api/runs/${runId}/events/?lastEventId=${encodeURIComponent(last)}`);
+    const run = { id: runId, source, applied: Number(last.split(":").pop()), section, lostTimer: null };
+    current = run;
+    setActive(true);
+
+    for (const type of Object.keys(handlers)) {
+      source.addEventListener(type, (event) => {
+        const n = Number(event.lastEventId.split(":").pop());
+        if (n <= run.applied) return;
+        run.applied = n;
+        handlers[type](section, JSON.parse(event.data));
+      });
+    }
+    source.addEventListener("stream-reset", (event) => {
+      source.close();
+      reload().then(() => {
+        if (current === run) follow(runId, event.lastEventId);
+      });
+    });
+    source.onopen = () => {
+      clearTimeout(run.lostTimer);
+      run.lostTimer = null;
+      showNotice("");
+    };
+    source.onerror = () => {
+      if (current !== run) return;
+      if (source.readyState === EventSource.CLOSED) {
+        // the server said there is nothing more (204) or refused: settle from the database
+        reload().then(() => current === run && finish());
+        return;
+      }
+      showNotice("Connection lost, reconnecting…");
+      if (!run.lostTimer) {
+        run.lostTimer = setTimeout(() => {
+          showNotice("The connection to the server did not come back. The run goes on on the server: reload the page to see it.");
+        }, RECONNECT_GIVE_UP_MS);
+      }
+    };
+  }
+
+  function finish() {
+    if (current) {
+      current.source.close();
+      clearTimeout(current.lostTimer);
+    }
+    current = null;
+    setActive(false);
+  }
+
+  async function reload() {
+    const response = await fetch(chat.dataset.messagesUrl, { credentials: "same-origin" });
+    if (response.ok) runsBox.innerHTML = await response.text();
+  }
+
+  function errorText(body) {
+    if (body.detail) return body.detail;
+    return Object.entries(body).map(([field, reasons]) => `${field}: ${[].concat(reasons).join(" ")}`).join("; ");
+  }
+
+  async function api(url, body) {
+    const response = await fetch(url, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": csrf },
+      body: JSON.stringify(body || {}),
+    });
+    let data = {};
+    try {
+      data = await response.json();
+    } catch (_) {
+      data = { detail: `The server answered ${response.status}.` };
+    }
+    return { response, data };
+  }
+
+  async function send() {
+    const text = textarea.value;
+    if (!text.trim()) return;
+    const body = { message: text, if_busy: interrupt.checked ? "interrupt" : "reject" };
+    sendButton.disabled = true;
+    let result;
+    try {
+      result = await api(`/api/threads/${threadId}/runs/`, body);
+    } catch (_) {
+      showNotice("Could not reach the server; your message was not sent.");
+      updateComposer();
+      return;
+    }
+    const { response, data } = result;
+    if (response.status === 202) {
+      showNotice("");
+      textarea.value = "";
+      if (current) finish(); // interrupted: its stream ends on its own
+      await reload(); // the interrupted run's last words, and the new message, from the server
+      follow(data.id);
+    } else if (response.status === 409) {
+      showNotice(`${data.detail} Tick “Interrupt the current run” to stop it and send.`);
+    } else {
+      showNotice(errorText(data));
+    }
+    updateComposer();
+    textarea.focus();
+  }
+
+  composer.addEventListener("submit", (event) => {
+    event.preventDefault();
+    send();
+  });
+  textarea.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      send();
+    }
+  });
+  interrupt.addEventListener("change", updateComposer);
+  stopButton.addEventListener("click", async () => {
+    if (!current) return;
+    const { response, data } = await api(`/api/runs/${current.id}/stop/`);
+    if (response.status !== 202) showNotice(errorText(data));
+  });
+
+  // A run started elsewhere (another tab, the API) shows up here too.
+  setInterval(async () => {
+    if (current || document.hidden) return;
+    let thread;
+    try {
+      const response = await fetch(`/api/threads/${threadId}/`, { credentials: "same-origin" });
+      if (!response.ok) return;
+      thread = await response.json();
+    } catch (_) {
+      return; // the server is away: the next poll tries again
+    }
+    if (thread.active_run && !current) {
+      await reload();
+      follow(thread.active_run);
+    }
+  }, 2000);
+
+  if (chat.dataset.activeRun) follow(chat.dataset.activeRun);
+  else setActive(false);
+})();

@@ -1,0 +1,248 @@
+"""The chat page in a real headless Chromium (Debian's package, driven by Playwright) against the
+live web and worker processes."""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from agents import services
+from agents.models import Message, Run, Thread
+
+from conftest import wait_for_status
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def browser(live):
+    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are
+    # plain synchronous code all the same.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, live, alice):
+    context = browser.new_context(base_url=live.base_url)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    expect.set_options(timeout=15_000)
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    page.errors = errors
+    page.goto("/login/")
+    page.fill("input[name=username]", "alice")
+    page.fill("input[name=password]", "alice-password")
+    page.click("button[type=submit]")
+    expect(page).to_have_url(f"{live.base_url}/chats/")
+    yield page
+    context.close()
+    assert not errors, f"the page logged errors: {errors}"
+
+
+def pace(user, words, delay_ms, **fields):
+    agent = user.agents.get()
+    agent.config = {"demo": {"words": words, "delay_ms": delay_ms}}
+    for field, value in fields.items():
+        setattr(agent, field, value)
+    agent.save()
+    return agent
+
+
+def open_chat(page, user):
+    thread = Thread.objects.create(owner=user, agent=user.agents.get())
+    page.goto(f"/chats/{thread.pk}/")
+    return thread
+
+
+def send(page, text):
+    page.fill("#composer textarea", text)
+    page.press("#composer textarea", "Enter")
+
+
+def status(page):
+    return page.locator("section.run").last.locator('[data-role="status"]')
+
+
+def streaming(page):
+    return page.locator("section.run").last.locator(".message.assistant").last
+
+
+def test_it_logs_in_starts_a_chat_and_streams_the_reply(page, alice):
+    pace(alice, words=60, delay_ms=60)
+    page.select_option("select[name=agent]", label="Demo")
+    page.click("text=New chat")
+    expect(page.locator("#composer textarea")).to_be_enabled()
+    send(page, "Tell me about streams")
+    expect(page.locator(".message.user").last).to_have_text("Tell me about streams")
+    reply = streaming(page)
+    expect(reply).to_have_class("message assistant streaming")
+    first = len(reply.inner_text())
+    page.wait_for_timeout(400)
+    assert len(reply.inner_text()) > first, "the reply does not grow"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "chat-mid-stream.png", full_page=True)
+    expect(page.locator("#composer textarea")).to_be_disabled()
+    expect(status(page)).to_have_text("completed")
+    saved = Message.objects.filter(role="assistant").get()
+    assert reply.inner_text().strip() == saved.content
+    expect(page.locator('[data-role="usage"]').last).to_contain_text("out tokens")
+    expect(page.locator("#composer textarea")).to_be_enabled()
+    page.click("text=Chats")
+    expect(page.locator(".threads li")).to_contain_text("Tell me about streams")
+
+
+def test_it_continues_the_text_after_a_reload_mid_run(page, alice):
+    pace(alice, words=80, delay_ms=50)
+    thread = open_chat(page, alice)
+    send(page, "A long one, please")
+    reply = streaming(page)
+    page.wait_for_function(
+        "() => (document.querySelector('.message.assistant')?.innerText || '').length > 60"
+    )
+    before = reply.inner_text()
+    page.reload()
+    expect(streaming(page)).to_have_class("message assistant streaming")
+    page.wait_for_function(
+        "n => (document.querySelector('.message.assistant')?.innerText || '').length >= n",
+        arg=len(before),
+    )
+    assert streaming(page).inner_text().startswith(before)
+    expect(status(page)).to_have_text("completed")
+    saved = thread.messages.get(role="assistant").content
+    assert streaming(page).inner_text().strip() == saved  # no doubled or missing word
+
+
+def test_it_stops_a_run_within_a_second(page, alice):
+    pace(alice, words=1000, delay_ms=30)
+    thread = open_chat(page, alice)
+    send(page, "Go on forever")
+    expect(streaming(page)).to_have_class("message assistant streaming")
+    clicked = time.monotonic()
+    page.click("#stop")
+    expect(status(page)).to_have_text("stopped", timeout=1500)
+    took = time.monotonic() - clicked
+    assert took < 1.5, f"stopped after {took:.2f} s"
+    run = wait_for_status(thread.runs.get().pk, Run.Status.STOPPED)
+    assert streaming(page).inner_text().strip() == run.messages.get(role="assistant").content
+    expect(page.locator("#stop")).to_be_hidden()
+
+
+def test_it_shows_a_tool_call_as_a_card(page, alice):
+    open_chat(page, alice)
+    send(page, "Please calculate 6 * 7")
+    card = page.locator("details.tool")
+    expect(card.locator(".tool-name")).to_have_text("calculator")
+    expect(card.locator(".tool-state")).to_have_text("done")
+    card.locator("summary").click()
+    expect(card.locator(".tool-arguments")).to_contain_text('"expression": "6 * 7"')
+    expect(card.locator(".tool-output")).to_have_text("42")
+    expect(streaming(page)).to_have_text("The answer is 42.")
+    page.reload()  # and the same from the database
+    expect(page.locator("details.tool .tool-output")).to_have_text("42")
+
+
+def test_a_second_tab_follows_the_same_run(page, alice):
+    pace(alice, words=200, delay_ms=40)
+    thread = open_chat(page, alice)
+    other = page.context.new_page()
+    other.goto(f"/chats/{thread.pk}/")
+    send(page, "Both tabs")
+    expect(streaming(other)).to_have_class("message assistant streaming", timeout=5000)
+    expect(status(other)).to_have_text("completed")
+    expect(status(page)).to_have_text("completed")
+    assert streaming(other).inner_text() == streaming(page).inner_text()
+
+
+def test_it_resumes_after_the_web_process_restarts(page, alice, live):
+    pace(alice, words=150, delay_ms=40)
+    thread = open_chat(page, alice)
+    send(page, "Keep going")
+    expect(streaming(page)).to_have_class("message assistant streaming")
+    live.stop("web", signal.SIGKILL)
+    try:
+        expect(page.locator("#notice")).to_contain_text("reconnecting")
+    finally:
+        live.start_web()
+    expect(status(page)).to_have_text("completed", timeout=20_000)
+    # the browser logged the broken stream and its refused reconnects: expected here
+    page.errors[:] = [e for e in page.errors if "net::ERR_" not in e]
+    expect(page.locator("#notice")).to_be_hidden()
+    assert streaming(page).inner_text().strip() == thread.messages.get(role="assistant").content
+
+
+def test_it_shows_what_went_wrong_on_the_page(page, alice, settings):
+    # a model that cannot be reached: the run fails, and the page says why
+    pace(alice, words=5, delay_ms=0, model="gpt-unreachable")
+    open_chat(page, alice)
+    send(page, "Hello?")
+    expect(status(page)).to_have_text("failed")
+    expect(page.locator("#notice")).to_contain_text("cannot reach the model")
+    # too many runs: the 429 is on the page
+    pace(alice, words=1000, delay_ms=50, model="demo")
+    busy = [Thread.objects.create(owner=alice, agent=alice.agents.get()) for _ in range(10)]
+    runs = [services.run_start(user=alice, thread=t, message="busy") for t in busy]
+    try:
+        send(page, "One more")
+        expect(page.locator("#notice")).to_contain_text("active runs, the most allowed")
+        page.errors[:] = [e for e in page.errors if "429" not in e]  # the browser logs the 429
+    finally:
+        for run in runs:
+            services.run_stop(run=run)
+        for run in runs:
+            wait_for_status(run.pk, Run.TERMINAL)
+
+
+def test_it_interrupts_the_active_run_when_the_person_asks(page, alice):
+    pace(alice, words=1000, delay_ms=30)
+    thread = open_chat(page, alice)
+    send(page, "First question")
+    expect(streaming(page)).to_have_class("message assistant streaming")
+    expect(page.locator("#composer textarea")).to_be_disabled()
+    page.check("input[name=interrupt]")
+    expect(page.locator("#composer textarea")).to_be_enabled()
+    send(page, "Second question")
+    expect(page.locator("section.run").first.locator('[data-role="status"]')).to_have_text(
+        "stopped"
+    )
+    expect(page.locator(".message.user").last).to_have_text("Second question")
+    expect(status(page)).to_have_text("running")
+    first, second = thread.runs.order_by("created")
+    assert first.status == Run.Status.STOPPED
+    page.click("#stop")
+    expect(status(page)).to_have_text("stopped")
+    wait_for_status(second.pk, Run.Status.STOPPED)
+
+
+def test_it_fits_a_phone(browser, live, alice):
+    context = browser.new_context(
+        base_url=live.base_url, viewport={"width": 390, "height": 844}, is_mobile=True
+    )
+    page = context.new_page()
+    page.goto("/login/")
+    page.fill("input[name=username]", "alice")
+    page.fill("input[name=password]", "alice-password")
+    page.click("button[type=submit]")
+    open_chat(page, alice)
+    send(page, "calculate 2 + 2")
+    expect(page.locator("details.tool .tool-state")).to_have_text("done")
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the page is {overflow} px wider than the phone"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "chat-phone.png", full_page=True)
+    context.close()

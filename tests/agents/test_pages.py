@@ -1,0 +1,96 @@
+"""The chat pages as Django renders them: access, the list, rename and delete, and what the
+Markdown of a reply may contain."""
+
+import pytest
+from django.test import Client
+
+from agents import services
+from agents.markdown import render
+from agents.models import Message, Thread
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def alice_web(alice):
+    client = Client()
+    client.force_login(alice)
+    return client
+
+
+@pytest.fixture
+def thread(alice):
+    return Thread.objects.create(owner=alice, agent=alice.agents.get(), title="Plans")
+
+
+def test_it_sends_visitors_to_the_login_page(client):
+    for url in ["/chats/", "/chats/1/", "/workflows/", "/schedules/"]:
+        r = client.get(url)
+        assert r.status_code == 302
+        assert r["Location"].startswith("/login/")
+
+
+def test_it_lists_chats_with_a_badge_while_a_run_is_active(alice, alice_web, thread):
+    idle = Thread.objects.create(owner=alice, agent=alice.agents.get(), title="Idle")
+    services.run_start(user=alice, thread=thread, message="Go")
+    page = alice_web.get("/chats/").content.decode()
+    assert '<span class="badge queued">queued</span>' in page
+    assert page.index("Plans") < page.index("Idle")  # the latest activity first
+    assert f"/chats/{idle.pk}/" in page
+
+
+def test_it_creates_renames_and_deletes_a_chat(alice, alice_web):
+    r = alice_web.post("/chats/new/", {"agent": alice.agents.get().pk})
+    thread = Thread.objects.get()
+    assert r["Location"] == f"/chats/{thread.pk}/"
+    alice_web.post(f"/chats/{thread.pk}/rename/", {"title": "  Renamed  "})
+    thread.refresh_from_db()
+    assert thread.title == "Renamed"
+    r = alice_web.post(f"/chats/{thread.pk}/delete/")
+    assert r["Location"] == "/chats/"
+    assert not Thread.objects.exists()
+
+
+def test_it_keeps_a_chat_with_an_active_run_and_says_why(alice, alice_web, thread):
+    services.run_start(user=alice, thread=thread, message="Go")
+    r = alice_web.post(f"/chats/{thread.pk}/delete/", follow=True)
+    assert "This thread has an active run; stop it first." in r.content.decode()
+    assert Thread.objects.filter(pk=thread.pk).exists()
+
+
+def test_it_hides_other_users_chats(bob, thread):
+    client = Client()
+    client.force_login(bob)
+    assert client.get(f"/chats/{thread.pk}/").status_code == 404
+    assert client.get(f"/chats/{thread.pk}/messages/").status_code == 404
+    assert client.post(f"/chats/{thread.pk}/rename/", {"title": "x"}).status_code == 404
+    assert client.post(f"/chats/{thread.pk}/delete/").status_code == 404
+    assert client.post("/chats/new/", {"agent": thread.agent.pk}).status_code == 404
+
+
+def test_it_renders_saved_messages_tool_cards_and_usage(alice, alice_web, thread):
+    run = services.run_start(user=alice, thread=thread, message="calc <b>6*7</b>")
+    call = {"id": "c1", "name": "calculator", "arguments": '{"expression": "6*7"}'}
+    thread.append_message(role=Message.Role.ASSISTANT, run=run, tool_calls=[call])
+    thread.append_message(
+        role=Message.Role.TOOL, run=run, tool_call_id="c1", name="calculator", content="42"
+    )
+    thread.append_message(role=Message.Role.ASSISTANT, run=run, content="The answer is **42**.")
+    services.run_finish(run=run, status="completed", usage=(12, 5))
+    page = alice_web.get(f"/chats/{thread.pk}/").content.decode()
+    assert "calc &lt;b&gt;6*7&lt;/b&gt;" in page  # the user's text is text
+    assert '<span class="tool-name">calculator</span>' in page
+    assert '<pre class="tool-output">42</pre>' in page
+    assert "The answer is <strong>42</strong>." in page
+    assert "12 in · 5 out tokens" in page
+
+
+def test_it_sanitizes_reply_markdown_and_keeps_code_readable():
+    html = render(
+        "Hi <script>alert(1)</script> [x](javascript:alert(1)) <img src=x onerror=alert(1)>\n\n"
+        "```python\nprint('<b>')\n```"
+    )
+    assert "<script" not in html
+    assert "javascript:" not in html
+    assert "onerror" not in html
+    assert "<pre><code class=\"language-python\">print('&lt;b&gt;')\n</code></pre>" in html
