@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from agents import services
+from agents import services, stream
 from agents.models import Message, Run, Thread
 
 from conftest import wait_for_status
@@ -246,3 +246,34 @@ def test_it_fits_a_phone(browser, live, alice):
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "chat-phone.png", full_page=True)
     context.close()
+
+
+def test_it_reloads_from_the_server_on_stream_reset(page, alice):
+    pace(alice, words=300, delay_ms=30)
+    thread = open_chat(page, alice)
+    send(page, "Long enough to trim")
+    page.wait_for_function(
+        "() => (document.querySelector('.message.assistant')?.innerText || '').length > 40"
+    )
+    run = thread.runs.get()
+    # the log lost its beginning (MAXLEN on a long run): a page loaded now cannot replay it
+    stream.client().xtrim(stream.log_key(run.channel), maxlen=2, approximate=False)
+    with page.expect_response(f"**/chats/{thread.pk}/messages/"):
+        page.reload()
+    expect(status(page)).to_have_text("completed")
+    assert streaming(page).inner_text().strip() == thread.messages.get(role="assistant").content
+
+
+def test_it_shows_a_busy_thread_on_the_page(page, alice):
+    pace(alice, words=1000, delay_ms=30)
+    thread = open_chat(page, alice)
+    # hold the page's check for runs started elsewhere, so it does not know of the next one
+    page.route(f"**/api/threads/{thread.pk}/", lambda route: None)
+    run = services.run_start(user=alice, thread=thread, message="Started elsewhere")
+    try:
+        send(page, "Me too")
+        expect(page.locator("#notice")).to_contain_text("Tick “Interrupt the current run”")
+        page.errors[:] = [e for e in page.errors if "409" not in e]  # the browser logs the 409
+    finally:
+        services.run_stop(run=run)
+        wait_for_status(run.pk, Run.TERMINAL)
