@@ -1,5 +1,7 @@
 from django.contrib import admin
 
+from workflows.models import StepRun
+
 from .models import Agent, Message, Run, Thread
 
 
@@ -48,15 +50,26 @@ class MessageAdmin(admin.ModelAdmin):
     raw_id_fields = ["thread", "run"]
 
 
+class StepRunInline(admin.TabularInline):
+    model = StepRun
+    fields = ["index", "step", "status", "output", "error", "reused", "finished"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Run)
 class RunAdmin(admin.ModelAdmin):
     list_display = ["id", "owner", "thread", "agent", "status", "trigger", "created", "finished"]
     list_filter = ["status", "trigger"]
     search_fields = ["id", "owner__username", "error"]
-    raw_id_fields = ["thread", "agent", "owner"]
+    raw_id_fields = ["thread", "agent", "owner", "workflow", "retry_of"]
     # The lifecycle belongs to the workers and the stop service, not to hand edits.
     readonly_fields = [
         "status", "error", "attempt", "lease_owner", "lease_expires", "stop_requested",
         "input_tokens", "output_tokens", "created", "started", "finished",
     ]  # fmt: skip
-    inlines = [MessageInline]
+    inlines = [StepRunInline, MessageInline]

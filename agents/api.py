@@ -82,7 +82,8 @@ class RunSerializer(serializers.ModelSerializer):
     class Meta:
         model = Run
         fields = [
-            "id", "thread", "agent", "status", "trigger", "error", "attempt", "stop_requested",
+            "id", "thread", "agent", "workflow", "retry_of", "status", "trigger", "error",
+            "attempt", "stop_requested",
             "input_tokens", "output_tokens", "created", "started", "finished", "events_url",
         ]  # fmt: skip
 
@@ -179,3 +180,15 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
         services.run_stop(run=run)
         run.refresh_from_db()
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        run = services.run_retry(run=self.get_object())
+        return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+    @action(detail=True, methods=["get"])
+    def steps(self, request, pk=None):
+        from workflows.api import StepRunSerializer
+
+        page = self.paginate_queryset(self.get_object().steps.all())
+        return self.get_paginated_response(StepRunSerializer(page, many=True).data)

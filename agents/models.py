@@ -121,6 +121,15 @@ class Run(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="runs")
     thread = models.ForeignKey(Thread, models.CASCADE, related_name="runs")
     agent = models.ForeignKey(Agent, models.SET_NULL, null=True, blank=True, related_name="runs")
+    workflow = models.ForeignKey(
+        "workflows.Workflow", models.SET_NULL, null=True, blank=True, related_name="runs"
+    )
+    # a workflow run's definition and inputs as they were when it started
+    definition = models.JSONField(null=True, blank=True)
+    inputs = models.JSONField(null=True, blank=True)
+    retry_of = models.ForeignKey(
+        "self", models.SET_NULL, null=True, blank=True, related_name="retries"
+    )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     trigger = models.CharField(max_length=10, choices=Trigger.choices, default=Trigger.API)
     error = models.TextField(blank=True)

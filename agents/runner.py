@@ -49,12 +49,20 @@ def execute(run_id):
     stop = llm.StopSignal()
     release = worker.hold(run.pk, stop)
     try:
-        AgentLoop(run, stop).execute()
+        if run.definition is not None:
+            from workflows.runner import WorkflowLoop
+
+            WorkflowLoop(run, stop).execute()
+        else:
+            AgentLoop(run, stop).execute()
     finally:
         release()
 
 
-class AgentLoop:
+class RunLoop:
+    """What every run does around its body: the time limit, stop, usage, and one terminal
+    status. Subclasses write `body()`; `converse()` is the agent conversation they share."""
+
     def __init__(self, run, stop):
         self.run = run
         self.thread = run.thread
@@ -64,10 +72,13 @@ class AgentLoop:
         self.input_tokens = 0
         self.output_tokens = 0
 
+    def body(self):
+        raise NotImplementedError
+
     def execute(self):
         status, error = Run.Status.COMPLETED, ""
         try:
-            self._loop()
+            self.body()
         except Stopped:
             status = Run.Status.STOPPED
         except (RunFailed, llm.ModelError) as exc:
@@ -93,23 +104,21 @@ class AgentLoop:
                 usage=(self.input_tokens, self.output_tokens),
             )
 
-    def _loop(self):
-        if self.agent is None:
-            raise RunFailed("the run's agent was deleted")
-        with db():
-            history = history_messages(self.thread, self.agent)
-        model = llm.get_model(self.agent)
-        schemas = tools.schemas(self.agent.tools)
+    def converse(self, agent, history):
+        """Model turns, with the tool calls they ask for, until the model answers without
+        calling a tool. Returns that last assistant message."""
+        model = llm.get_model(agent)
+        schemas = tools.schemas(agent.tools)
         for _ in range(settings.RUN_MAX_TURNS):
             self._check()
             message = self._model_turn(model, history, schemas)
             self._check()
             if not message.tool_calls:
-                return
+                return message
             history.append(as_chat_message(message))
             for call in message.tool_calls:
                 self._check()
-                history.append(as_chat_message(self._call_tool(call)))
+                history.append(as_chat_message(self._call_tool(call, agent)))
         raise RunFailed(
             f"the agent used all {settings.RUN_MAX_TURNS} model turns without finishing"
         )
@@ -172,7 +181,7 @@ class AgentLoop:
                     message.delete()
         return message
 
-    def _call_tool(self, call):
+    def _call_tool(self, call, agent):
         stream.emit(
             self.run.pk,
             "tool.started",
@@ -180,7 +189,7 @@ class AgentLoop:
             name=call["name"],
             arguments=call["arguments"],
         )
-        result = tools.call(call["name"], call["arguments"], allowed=self.agent.tools)
+        result = tools.call(call["name"], call["arguments"], allowed=agent.tools)
         output, error = clean(result.output), clean(result.error)
         with db():
             message = self.thread.append_message(
@@ -201,6 +210,17 @@ class AgentLoop:
         )
         stream.emit(self.run.pk, "message.done", message=message.as_event())
         return message
+
+
+class AgentLoop(RunLoop):
+    """An agent run: the thread's conversation, answered by the run's agent."""
+
+    def body(self):
+        if self.agent is None:
+            raise RunFailed("the run's agent was deleted")
+        with db():
+            history = history_messages(self.thread, self.agent)
+        self.converse(self.agent, history)
 
 
 def history_messages(thread, agent):

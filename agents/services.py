@@ -38,6 +38,11 @@ class ThreadBusy(ServiceError):
     code = "thread_busy"
 
 
+class ServiceConflict(ServiceError):
+    status = 409
+    code = "conflict"
+
+
 class TooManyRuns(ServiceError):
     status = 429
     code = "too_many_runs"
@@ -48,11 +53,21 @@ class QueueUnavailable(ServiceError):
     code = "queue_unavailable"
 
 
-def run_start(*, user, thread, message, agent=None, if_busy="reject", trigger=Run.Trigger.API):
-    """Save the user's message and a queued run, then enqueue it. `if_busy="interrupt"`
-    stops the thread's active run first; otherwise a busy thread raises ThreadBusy."""
+def run_start(
+    *,
+    user,
+    thread,
+    message="",
+    agent=None,
+    if_busy="reject",
+    trigger=Run.Trigger.API,
+    **workflow,
+):
+    """Save the user's message (if any) and a queued run, then enqueue it. A workflow run
+    passes its `workflow`, `definition`, `inputs` (and `retry_of`). `if_busy="interrupt"` stops
+    the thread's active run first; otherwise a busy thread raises ThreadBusy."""
     agent = agent or thread.agent
-    if agent is None:
+    if agent is None and not workflow:
         raise ServiceError("This thread has no agent; name one.", field="agent")
     if if_busy == "interrupt":
         _interrupt(thread)
@@ -70,10 +85,13 @@ def run_start(*, user, thread, message, agent=None, if_busy="reject", trigger=Ru
                     f"You have {settings.RUN_MAX_ACTIVE_PER_USER} active runs, the most allowed;"
                     " wait for one to end or stop one."
                 )
-            run = Run.objects.create(owner=user, thread=thread, agent=agent, trigger=trigger)
-            thread.append_message(role="user", content=message, run=run)
+            run = Run.objects.create(
+                owner=user, thread=thread, agent=agent, trigger=trigger, **workflow
+            )
+            if message:
+                thread.append_message(role="user", content=message, run=run)
             if not thread.title:
-                thread.title = message.strip().splitlines()[0][:80]
+                thread.title = (message.strip().splitlines() or [str(run.workflow)])[0][:80]
             thread.save(update_fields=["title", "updated"])
     except IntegrityError:
         # the partial unique index caught a start racing ours on the same thread
@@ -203,6 +221,46 @@ def _salvage_partial_reply(run):
             stream.emit(run.pk, "message.done", message=message.as_event())
         else:
             message.delete()
+
+
+def workflow_start(*, user, workflow, inputs, thread=None, trigger=Run.Trigger.API):
+    """Check the inputs against the workflow's declaration, then start a run of it on `thread`
+    (a new one unless given). The run keeps the definition as it is now."""
+    from workflows.definition import check_inputs
+
+    values, errors = check_inputs(workflow.definition, inputs)
+    if errors:
+        raise ServiceError("The inputs do not match the workflow's declaration.", inputs=errors)
+    if thread is None:
+        thread = Thread.objects.create(
+            owner=user, agent=user.agents.first(), title=workflow.name[:200]
+        )
+    return run_start(
+        user=user,
+        thread=thread,
+        agent=thread.agent or user.agents.first(),
+        trigger=trigger,
+        workflow=workflow,
+        definition=workflow.definition,
+        inputs=values,
+    )
+
+
+def run_retry(*, run):
+    """Start a failed workflow run again: the new run reuses the outputs of the steps that
+    completed and continues from the one that failed."""
+    if run.definition is None or run.status != Run.Status.FAILED:
+        raise ServiceConflict("Only a failed workflow run can be retried.")
+    return run_start(
+        user=run.owner,
+        thread=run.thread,
+        agent=run.agent,
+        trigger=run.trigger,
+        workflow=run.workflow,
+        definition=run.definition,
+        inputs=run.inputs,
+        retry_of=run,
+    )
 
 
 def thread_delete(*, thread: Thread):

@@ -1,12 +1,15 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
+from workflows.api import WorkflowViewSet
+
 from . import api, events
 
 router = SimpleRouter()
 router.register("agents", api.AgentViewSet, basename="agent")
 router.register("threads", api.ThreadViewSet, basename="thread")
 router.register("runs", api.RunViewSet, basename="run")
+router.register("workflows", WorkflowViewSet, basename="workflow")
 
 urlpatterns = [
     path("runs/<uuid:run_id>/events/", events.run_events, name="run-events"),

@@ -166,6 +166,8 @@ RUN_EVENTS_MAXLEN = env_int("RUN_EVENTS_MAXLEN", 10_000)  # events kept per run 
 RUN_EVENTS_RETENTION = env_int("RUN_EVENTS_RETENTION", 3600)  # seconds a log lives after its run
 SSE_KEEPALIVE_SECONDS = env_float("SSE_KEEPALIVE_SECONDS", 15)
 
+WORKFLOW_MAX_BYTES = env_int("WORKFLOW_MAX_BYTES", 64 * 1024)  # largest workflow definition
+
 # Models and tools.
 LLM_BASE_URL = env("LLM_BASE_URL", "https://api.openai.com/v1")
 LLM_API_KEY = env("LLM_API_KEY", "")

@@ -5,6 +5,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView, TemplateView
 
 from agents import views
+from workflows import views as workflow_views
 
 
 class NotYet(LoginRequiredMixin, TemplateView):
@@ -21,7 +22,9 @@ urlpatterns = [
     path("chats/<int:pk>/messages/", views.chat_messages, name="chat-messages"),
     path("chats/<int:pk>/rename/", views.chat_rename, name="chat-rename"),
     path("chats/<int:pk>/delete/", views.chat_delete, name="chat-delete"),
-    path("workflows/", NotYet.as_view(extra_context={"section": "Workflows"}), name="workflows"),
+    path("workflows/", workflow_views.workflow_list, name="workflows"),
+    path("workflows/<int:pk>/", workflow_views.workflow_detail, name="workflow"),
+    path("workflows/runs/<uuid:run_id>/", workflow_views.workflow_run, name="workflow-run"),
     path("schedules/", NotYet.as_view(extra_context={"section": "Schedules"}), name="schedules"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

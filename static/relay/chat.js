@@ -1,9 +1,6 @@
-// The chat page: sends messages through the JSON API and follows runs on their SSE stream.
-//
-// A run is followed from its first event (`?lastEventId=run-<id>:0`), so a page loaded mid-run
-// rebuilds the reply being written from its deltas; messages the server already rendered
-// (data-message) ignore theirs. Every event id is applied once: the browser resends the last
-// id it saw when it reconnects, and anything at or below the last applied id is skipped.
+// The chat page: sends messages through the JSON API and follows runs on their SSE stream
+// (runs.js). A page loaded mid-run rebuilds the reply being written from its deltas; messages
+// the server already rendered (data-message) ignore theirs.
 (function () {
   "use strict";
 
@@ -18,11 +15,9 @@
   const interruptLabel = composer.querySelector(".interrupt");
   const sendButton = document.getElementById("send");
   const stopButton = document.getElementById("stop");
-  const csrf = document.querySelector("[name=csrfmiddlewaretoken]").value;
-  const TERMINAL = new Set(["completed", "failed", "stopped"]);
-  const RECONNECT_GIVE_UP_MS = 10000;
+  const { followRun, post, errorText, TERMINAL } = window.Relay;
 
-  let current = null; // {id, source, applied, section}
+  let current = null; // {id, stream}
 
   function showNotice(text) {
     notice.textContent = text;
@@ -145,56 +140,26 @@
     },
   };
 
-  function follow(runId, fromId) {
+  function follow(runId, from) {
     const section = runSection(runId);
     // what the server rendered is done: its deltas are not applied again
     for (const node of section.querySelectorAll("[data-message]")) node.dataset.done = "1";
-    const last = fromId === undefined ? `run-${runId}:0` : fromId;
-    const source = new EventSource(`/api/runs/${runId}/events/?lastEventId=${encodeURIComponent(last)}`);
-    const run = { id: runId, source, applied: Number(last.split(":").pop()), section, lostTimer: null };
+    const run = { id: runId };
+    const bound = {};
+    for (const [type, handle] of Object.entries(handlers)) bound[type] = (data) => handle(section, data);
     current = run;
     setActive(true);
-
-    for (const type of Object.keys(handlers)) {
-      source.addEventListener(type, (event) => {
-        const n = Number(event.lastEventId.split(":").pop());
-        if (n <= run.applied) return;
-        run.applied = n;
-        handlers[type](section, JSON.parse(event.data));
-      });
-    }
-    source.addEventListener("stream-reset", (event) => {
-      source.close();
-      reload().then(() => {
-        if (current === run) follow(runId, event.lastEventId);
-      });
+    run.stream = followRun(runId, {
+      from,
+      handlers: bound,
+      onReset: (id) => reload().then(() => current === run && follow(runId, id)),
+      onClosed: () => reload().then(() => current === run && finish()),
+      onNotice: showNotice,
     });
-    source.onopen = () => {
-      clearTimeout(run.lostTimer);
-      run.lostTimer = null;
-      showNotice("");
-    };
-    source.onerror = () => {
-      if (current !== run) return;
-      if (source.readyState === EventSource.CLOSED) {
-        // the server said there is nothing more (204) or refused: settle from the database
-        reload().then(() => current === run && finish());
-        return;
-      }
-      showNotice("Connection lost, reconnecting…");
-      if (!run.lostTimer) {
-        run.lostTimer = setTimeout(() => {
-          showNotice("The connection to the server did not come back. The run goes on on the server: reload the page to see it.");
-        }, RECONNECT_GIVE_UP_MS);
-      }
-    };
   }
 
   function finish() {
-    if (current) {
-      current.source.close();
-      clearTimeout(current.lostTimer);
-    }
+    if (current) current.stream.close();
     current = null;
     setActive(false);
   }
@@ -204,27 +169,6 @@
     if (response.ok) runsBox.innerHTML = await response.text();
   }
 
-  function errorText(body) {
-    if (body.detail) return body.detail;
-    return Object.entries(body).map(([field, reasons]) => `${field}: ${[].concat(reasons).join(" ")}`).join("; ");
-  }
-
-  async function api(url, body) {
-    const response = await fetch(url, {
-      method: "POST",
-      credentials: "same-origin",
-      headers: { "Content-Type": "application/json", "X-CSRFToken": csrf },
-      body: JSON.stringify(body || {}),
-    });
-    let data = {};
-    try {
-      data = await response.json();
-    } catch (_) {
-      data = { detail: `The server answered ${response.status}.` };
-    }
-    return { response, data };
-  }
-
   async function send() {
     const text = textarea.value;
     if (!text.trim()) return;
@@ -232,7 +176,7 @@
     sendButton.disabled = true;
     let result;
     try {
-      result = await api(`/api/threads/${threadId}/runs/`, body);
+      result = await post(`/api/threads/${threadId}/runs/`, body);
     } catch (_) {
       showNotice("Could not reach the server; your message was not sent.");
       updateComposer();
@@ -267,7 +211,7 @@
   interrupt.addEventListener("change", updateComposer);
   stopButton.addEventListener("click", async () => {
     if (!current) return;
-    const { response, data } = await api(`/api/runs/${current.id}/stop/`);
+    const { response, data } = await post(`/api/runs/${current.id}/stop/`);
     if (response.status !== 202) showNotice(errorText(data));
   });
 

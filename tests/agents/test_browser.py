@@ -2,6 +2,7 @@
 live web and worker processes."""
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -277,3 +278,30 @@ def test_it_shows_a_busy_thread_on_the_page(page, alice):
     finally:
         services.run_stop(run=run)
         wait_for_status(run.pk, Run.TERMINAL)
+
+
+def test_it_runs_a_workflow_from_its_form(page, alice):
+    from workflows.models import Workflow
+
+    from examples import THREE_STEPS
+
+    workflow = Workflow.objects.create(owner=alice, name="Sum and explain", definition=THREE_STEPS)
+    page.click("text=Workflows")
+    page.click("text=Sum and explain")
+    page.fill("input[name=a]", "40")
+    page.get_by_role("button", name="Run", exact=True).click()
+    expect(page).to_have_url(re.compile(r"/workflows/runs/[0-9a-f-]+/$"))
+    step = page.locator('[data-step="sum"]')
+    expect(step.locator('[data-role="status"]')).to_have_text("completed")
+    expect(step.locator('[data-role="output"]')).to_have_text("42")
+    expect(page.locator('[data-step="shout"] [data-role="status"]')).to_have_text("skipped")
+    expect(page.locator("#run-status")).to_have_text("completed")
+    run = workflow.runs.get()
+    explain = run.steps.get(step="explain").output
+    expect(page.locator('[data-step="explain"] [data-role="output"]')).to_have_text(explain)
+    # a bad input comes back to the form with the reason
+    page.goto(f"/workflows/{workflow.pk}/")
+    page.fill("input[name=a]", "")
+    page.evaluate("document.querySelector('input[name=a]').removeAttribute('required')")
+    page.get_by_role("button", name="Run", exact=True).click()
+    expect(page.locator(".notice.error")).to_contain_text("inputs.a: this input is required")

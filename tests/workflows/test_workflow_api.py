@@ -1,0 +1,121 @@
+"""The workflows API: definitions validated with the path and reason of each error, versions,
+owners, and starting runs with checked inputs."""
+
+import copy
+
+import pytest
+
+from agents.models import Run
+from workflows.models import Workflow
+
+from examples import THREE_STEPS
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def workflow(alice):
+    return Workflow.objects.create(owner=alice, name="Sum and explain", definition=THREE_STEPS)
+
+
+def test_it_creates_a_workflow_and_bumps_its_version_on_every_change(alice_api):
+    r = alice_api.post("/api/workflows/", {"name": "W", "definition": THREE_STEPS}, format="json")
+    assert r.status_code == 201, r.data
+    assert r.data["version"] == 1
+    url = f"/api/workflows/{r.data['id']}/"
+    assert alice_api.patch(url, {"description": "d"}, format="json").data["version"] == 2
+    assert alice_api.patch(url, {"name": "W2"}, format="json").data["version"] == 3
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "reason"),
+    [
+        (lambda d: d["steps"][0].update(tool="rm_rf"), "steps[0].tool", "unknown tool"),
+        (lambda d: d["steps"][2].update(id="sum"), "steps[2].id", "duplicate step id"),
+        (
+            lambda d: d["steps"][0]["arguments"].update(expression="{{ steps.explain.output }}"),
+            "steps[0].arguments.expression",
+            "later step",
+        ),
+        (
+            lambda d: d["steps"][3].update(prompt="{{ steps.nope.output }}"),
+            "steps[3].prompt",
+            "unknown step",
+        ),
+        (
+            lambda d: d["steps"][3].update(prompt="{{ inputs.a.__class__ }}"),
+            "steps[3].prompt",
+            "malformed template",
+        ),
+        (
+            lambda d: d["steps"][3].update(prompt="{{ steps.sum.output.upper() }}"),
+            "steps[3].prompt",
+            "malformed template",
+        ),
+        (lambda d: d["inputs"][0].update(type="date"), "inputs[0].type", "expected one of"),
+        (lambda d: d["steps"][3].update(agent=99999), "steps[3].agent", "unknown agent"),
+    ],
+)
+def test_it_refuses_a_bad_definition_naming_the_path(alice_api, change, path, reason):
+    definition = copy.deepcopy(THREE_STEPS)
+    change(definition)
+    r = alice_api.post("/api/workflows/", {"name": "W", "definition": definition}, format="json")
+    assert r.status_code == 400
+    errors = r.json()["definition"]
+    assert any(e["path"] == path and reason in e["message"] for e in errors), errors
+    assert not Workflow.objects.exists()
+
+
+def test_it_refuses_a_definition_over_the_size_limit(alice_api, settings):
+    settings.WORKFLOW_MAX_BYTES = 100
+    r = alice_api.post("/api/workflows/", {"name": "W", "definition": THREE_STEPS}, format="json")
+    assert r.status_code == 400
+    assert "100" in r.json()["definition"][0]["message"]
+
+
+def test_it_hides_other_users_workflows(bob_api, workflow):
+    assert bob_api.get(f"/api/workflows/{workflow.pk}/").status_code == 404
+    assert bob_api.post(f"/api/workflows/{workflow.pk}/runs/", {}, format="json").status_code == 404
+    assert bob_api.get("/api/workflows/").data["count"] == 0
+
+
+def test_it_starts_a_run_with_the_inputs_checked_and_defaults_filled(alice_api, workflow):
+    r = alice_api.post(f"/api/workflows/{workflow.pk}/runs/", {"inputs": {"a": 5}}, format="json")
+    assert r.status_code == 202, r.data
+    run = Run.objects.get(pk=r.data["id"])
+    assert (run.workflow, run.inputs) == (workflow, {"a": 5, "topic": "numbers"})
+    assert run.definition == THREE_STEPS
+    assert run.thread.owner == workflow.owner
+    # a change to the workflow leaves the run's definition alone
+    workflow.definition = {"steps": [{"id": "x", "type": "agent", "prompt": "hi"}]}
+    workflow.save()
+    run.refresh_from_db()
+    assert run.definition == THREE_STEPS
+    listed = alice_api.get(f"/api/workflows/{workflow.pk}/runs/").data["results"]
+    assert [str(r["id"]) for r in listed] == [str(run.pk)]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "path", "reason"),
+    [
+        ({}, "inputs.a", "required"),
+        ({"a": "five"}, "inputs.a", "expected a number"),
+        ({"a": True}, "inputs.a", "expected a number"),
+        ({"a": 1, "b": 2}, "inputs.b", ""),
+    ],
+)
+def test_it_refuses_inputs_that_do_not_match(alice_api, workflow, inputs, path, reason):
+    r = alice_api.post(f"/api/workflows/{workflow.pk}/runs/", {"inputs": inputs}, format="json")
+    assert r.status_code == 400
+    errors = r.json()["inputs"]
+    assert any(e["path"] == path and reason in e["message"] for e in errors), errors
+    assert not Run.objects.exists()
+
+
+def test_it_retries_only_a_failed_workflow_run(alice, alice_api, workflow):
+    run_id = alice_api.post(
+        f"/api/workflows/{workflow.pk}/runs/", {"inputs": {"a": 1}}, format="json"
+    ).data["id"]
+    r = alice_api.post(f"/api/runs/{run_id}/retry/")
+    assert r.status_code == 409
+    assert "Only a failed workflow run" in r.json()["detail"]

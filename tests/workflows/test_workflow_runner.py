@@ -1,0 +1,56 @@
+"""Workflow runs executed in this process (the test is the worker)."""
+
+import copy
+
+import pytest
+
+from agents import runner, services, tasks
+from agents.models import Agent, Run
+from workflows.models import Workflow
+
+from examples import THREE_STEPS
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_queue(monkeypatch):
+    monkeypatch.setattr(tasks.execute_run_task, "delay", lambda run_id: None)
+
+
+def test_a_retry_keeps_skipping_what_a_reused_condition_skipped(alice, settings):
+    settings.LLM_BASE_URL = "http://127.0.0.1:9/v1"  # nothing listens: the last step fails
+    broken = Agent.objects.create(owner=alice, name="Remote", model="gpt-remote")
+    definition = copy.deepcopy(THREE_STEPS)
+    definition["steps"][3]["agent"] = broken.pk
+    workflow = Workflow.objects.create(owner=alice, name="W", definition=definition)
+    failed = services.workflow_start(user=alice, workflow=workflow, inputs={"a": 1})
+    runner.execute(failed.pk)
+    failed.refresh_from_db()
+    assert failed.status == Run.Status.FAILED
+    broken.model = "demo"
+    broken.save()
+    retry = services.run_retry(run=failed)
+    runner.execute(retry.pk)
+    steps = {s.step: (s.status, s.reused) for s in retry.steps.all()}
+    assert steps == {
+        "sum": ("completed", True),
+        "big": ("completed", True),
+        "shout": ("skipped", False),
+        "explain": ("completed", False),
+    }
+    assert Run.objects.get(pk=retry.pk).status == Run.Status.COMPLETED
+
+
+def test_a_condition_that_cannot_be_decided_fails_the_run_naming_the_step(alice):
+    definition = {
+        "inputs": [{"name": "x", "type": "string", "required": True}],
+        "steps": [{"id": "check", "type": "condition", "when": {"gt": ["{{ inputs.x }}", 1]}}],
+    }
+    workflow = Workflow.objects.create(owner=alice, name="W", definition=definition)
+    run = services.workflow_start(user=alice, workflow=workflow, inputs={"x": "ten"})
+    runner.execute(run.pk)
+    run.refresh_from_db()
+    assert run.status == Run.Status.FAILED
+    assert run.error.startswith("step 'check' failed:")
+    assert run.steps.get().status == "failed"

@@ -1,0 +1,44 @@
+from django import forms
+from django.contrib import admin
+
+from .definition import validate
+from .models import StepRun, Workflow
+
+
+class WorkflowForm(forms.ModelForm):
+    class Meta:
+        model = Workflow
+        fields = ["owner", "name", "description", "definition"]
+
+    def clean(self):
+        cleaned = super().clean()
+        owner, definition = cleaned.get("owner"), cleaned.get("definition")
+        if owner is not None and definition is not None:
+            agent_ids = set(owner.agents.values_list("pk", flat=True))
+            errors = validate(definition, agent_ids=agent_ids)
+            if errors:
+                self.add_error(
+                    "definition", [f"{e['path'] or 'definition'}: {e['message']}" for e in errors]
+                )
+        return cleaned
+
+
+@admin.register(Workflow)
+class WorkflowAdmin(admin.ModelAdmin):
+    form = WorkflowForm
+    list_display = ["name", "owner", "version", "updated"]
+    search_fields = ["name", "owner__username"]
+    readonly_fields = ["version", "created", "updated"]
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            obj.version += 1
+        super().save_model(request, obj, form, change)
+
+
+@admin.register(StepRun)
+class StepRunAdmin(admin.ModelAdmin):
+    list_display = ["step", "run", "index", "status", "reused", "finished"]
+    list_filter = ["status", "reused"]
+    raw_id_fields = ["run"]
+    readonly_fields = [f.name for f in StepRun._meta.fields]

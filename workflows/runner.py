@@ -1,0 +1,116 @@
+"""A workflow run, as a worker executes it: the steps in order, each announced with step.started
+and step.done and recorded as a StepRun. Agent steps converse exactly as agent runs do, on the
+run's thread and stream."""
+
+import json
+
+from django.utils import timezone
+
+from agents import stream, tools
+from agents.models import Agent, Message
+from agents.runner import RunFailed, RunLoop, Stopped, db, history_messages
+
+from .definition import evaluate, guarded_steps, render, render_arguments
+from .models import StepRun
+
+
+class StepFailed(Exception):
+    pass
+
+
+class WorkflowLoop(RunLoop):
+    def body(self):
+        steps = self.run.definition["steps"]
+        context = {"inputs": self.run.inputs or {}, "steps": {}}
+        with db():
+            reusable = reusable_outputs(self.run)
+        skipped = set()
+        for index, step in enumerate(steps):
+            self._check()
+            if step["id"] in skipped:
+                self._record(step, index, StepRun.Status.SKIPPED)
+                continue
+            if step["id"] in reusable:
+                output = reusable[step["id"]]
+                self._record(step, index, StepRun.Status.COMPLETED, output=output, reused=True)
+            else:
+                output = self._step(step, index, context)
+            context["steps"][step["id"]] = output
+            if step["type"] == "condition" and not output:
+                skipped.update(guarded_steps(self.run.definition, index))
+
+    def _step(self, step, index, context):
+        started = timezone.now()
+        with db():
+            StepRun.objects.update_or_create(
+                run=self.run,
+                step=step["id"],
+                defaults={"index": index, "status": StepRun.Status.RUNNING, "started": started},
+            )
+        stream.emit(self.run.pk, "step.started", step=step["id"], index=index, status="running",
+                    output=None, error="")  # fmt: skip
+        try:
+            output = getattr(self, f"_{step['type']}_step")(step, context)
+        except Stopped:
+            self._record(step, index, StepRun.Status.STOPPED, started=started)
+            raise
+        except Exception as exc:  # a model, a tool or a condition: the step fails, named
+            error = str(exc)
+            self._record(step, index, StepRun.Status.FAILED, error=error, started=started)
+            raise RunFailed(f"step '{step['id']}' failed: {error}") from exc
+        self._record(step, index, StepRun.Status.COMPLETED, output=output, started=started)
+        return output
+
+    def _record(self, step, index, status, output=None, error="", reused=False, started=None):
+        with db():
+            record, _ = StepRun.objects.update_or_create(
+                run=self.run,
+                step=step["id"],
+                defaults={
+                    "index": index,
+                    "status": status,
+                    "output": output,
+                    "error": error,
+                    "reused": reused,
+                    "started": started,
+                    "finished": timezone.now(),
+                },
+            )
+        stream.emit(self.run.pk, "step.done", **record.as_event())
+
+    def _tool_step(self, step, context):
+        arguments = json.dumps(render_arguments(step.get("arguments", {}), context))
+        call = f"step-{step['id']}"
+        stream.emit(self.run.pk, "tool.started", call=call, name=step["tool"], arguments=arguments)
+        # the author named the tool in the definition: that is its permission
+        result = tools.call(step["tool"], arguments, allowed=[step["tool"]])
+        stream.emit(self.run.pk, "tool.done", call=call, name=step["tool"],
+                    output=result.output, error=result.error)  # fmt: skip
+        if result.error is not None:
+            raise StepFailed(result.error)
+        return result.output
+
+    def _agent_step(self, step, context):
+        with db():
+            agent = self.agent
+            if step.get("agent") is not None:
+                agent = Agent.objects.filter(owner=self.run.owner, pk=step["agent"]).first()
+            if agent is None:
+                raise StepFailed(f"agent {step.get('agent')} no longer exists")
+            prompt = self.thread.append_message(
+                role=Message.Role.USER, run=self.run, content=render(step["prompt"], context)
+            )
+            history = history_messages(self.thread, agent)
+        stream.emit(self.run.pk, "message.done", message=prompt.as_event())
+        return self.converse(agent, history).content
+
+    def _condition_step(self, step, context):
+        return evaluate(step["when"], context)
+
+
+def reusable_outputs(run):
+    """The outputs of the steps that completed in the run this one retries."""
+    if run.retry_of_id is None:
+        return {}
+    completed = StepRun.objects.filter(run_id=run.retry_of_id, status=StepRun.Status.COMPLETED)
+    return {record.step: record.output for record in completed}
