@@ -1,18 +1,11 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.contrib.auth.mixins import LoginRequiredMixin
 from django.urls import include, path
-from django.views.generic import RedirectView, TemplateView
+from django.views.generic import RedirectView
 
 from agents import views
+from scheduling import views as schedule_views
 from workflows import views as workflow_views
-
-
-class NotYet(LoginRequiredMixin, TemplateView):
-    """A section of the navigation whose pages are still to come."""
-
-    template_name = "soon.html"
-
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="chats"), name="home"),
@@ -25,7 +18,7 @@ urlpatterns = [
     path("workflows/", workflow_views.workflow_list, name="workflows"),
     path("workflows/<int:pk>/", workflow_views.workflow_detail, name="workflow"),
     path("workflows/runs/<uuid:run_id>/", workflow_views.workflow_run, name="workflow-run"),
-    path("schedules/", NotYet.as_view(extra_context={"section": "Schedules"}), name="schedules"),
+    path("schedules/", schedule_views.schedule_list, name="schedules"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/", include("agents.urls")),
