@@ -267,3 +267,15 @@ def test_the_admin_lists_schedules_and_runs_one_now(alice, admin_client):
     assert r.status_code == 200
     assert schedule.fires.get().manual
     assert admin_client.get("/admin/django_celery_beat/periodictask/").status_code == 200
+
+
+def test_the_schedules_page_shows_next_fire_last_outcome_and_runs(alice, client):
+    schedule = agent_schedule(alice, cron="0 9 * * 1-5", timezone="Europe/Berlin")
+    fire = schedule_fire(schedule_id=schedule.pk, manual=True)
+    client.force_login(alice)
+    page = client.get("/schedules/").content.decode()
+    assert "Morning" in page
+    assert "0 9 * * 1-5" in page
+    assert "Next: " in page and "Never fired" not in page
+    assert f'href="/chats/{fire.run.thread_id}/"' in page
+    assert '<span class="badge completed">started</span>' in page
