@@ -12,28 +12,29 @@ class AgentAdmin(admin.ModelAdmin):
     search_fields = ["name", "owner__username"]
 
 
-class MessageInline(admin.TabularInline):
+class ReadOnlyInline(admin.TabularInline):
+    """A record kept by the system: shown, never edited by hand."""
+
+    extra = 0
+    can_delete = False
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+class MessageInline(ReadOnlyInline):
     model = Message
     fields = ["position", "role", "content", "name", "tool_calls", "is_error", "created"]
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
     ordering = ["position"]
 
-    def has_add_permission(self, request, obj=None):
-        return False
 
-
-class RunInline(admin.TabularInline):
+class RunInline(ReadOnlyInline):
     model = Run
     fields = ["id", "status", "trigger", "error", "created", "finished"]
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
     show_change_link = True
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Thread)
@@ -50,15 +51,9 @@ class MessageAdmin(admin.ModelAdmin):
     raw_id_fields = ["thread", "run"]
 
 
-class StepRunInline(admin.TabularInline):
+class StepRunInline(ReadOnlyInline):
     model = StepRun
     fields = ["index", "step", "status", "output", "error", "reused", "finished"]
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Run)

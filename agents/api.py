@@ -111,14 +111,21 @@ class RunFilterSerializer(serializers.Serializer):
     thread = serializers.IntegerField(required=False)
 
 
-class AgentViewSet(viewsets.ModelViewSet):
-    serializer_class = AgentSerializer
+class OwnedViewSet(viewsets.ModelViewSet):
+    """The requesting user's objects (`user.<related_name>`); anyone else's are 404s."""
+
+    related_name = None
 
     def get_queryset(self):
-        return self.request.user.agents.all()
+        return getattr(self.request.user, self.related_name).all()
 
     def perform_create(self, serializer):
         serializer.save(owner=self.request.user)
+
+
+class AgentViewSet(OwnedViewSet):
+    serializer_class = AgentSerializer
+    related_name = "agents"
 
 
 class ThreadViewSet(

@@ -3,21 +3,16 @@ as they are; each schedule's PeriodicTask shows there under the name relay-sched
 
 from django.contrib import admin, messages
 
+from agents.admin import ReadOnlyInline
+
 from . import cron, services
 from .models import Fire, Schedule
 
 
-class FireInline(admin.TabularInline):
+class FireInline(ReadOnlyInline):
     model = Fire
     fields = ["slot", "manual", "outcome", "reason", "run", "created"]
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
     ordering = ["-slot"]
-    max_num = 0
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Schedule)

@@ -2,11 +2,11 @@
 preview of a cron expression's next fire times."""
 
 from django.core.exceptions import ValidationError as ModelValidationError
-from rest_framework import serializers, status, viewsets
+from rest_framework import serializers, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from agents.api import OwnedPrimaryKeyField
+from agents.api import OwnedPrimaryKeyField, OwnedViewSet
 from agents.models import Agent, Thread
 from workflows.models import Workflow
 
@@ -88,14 +88,9 @@ class PreviewSerializer(serializers.Serializer):
         return value
 
 
-class ScheduleViewSet(viewsets.ModelViewSet):
+class ScheduleViewSet(OwnedViewSet):
     serializer_class = ScheduleSerializer
-
-    def get_queryset(self):
-        return self.request.user.schedules.all()
-
-    def perform_create(self, serializer):
-        serializer.save(owner=self.request.user)
+    related_name = "schedules"
 
     @action(detail=True, methods=["post"])
     def pause(self, request, pk=None):

@@ -1,12 +1,12 @@
 """The workflows API: definitions (owner only) and their runs."""
 
 from django.db.models import F
-from rest_framework import serializers, status, viewsets
+from rest_framework import serializers, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from agents import services
-from agents.api import OwnedPrimaryKeyField, RunSerializer
+from agents.api import OwnedPrimaryKeyField, OwnedViewSet, RunSerializer
 from agents.models import Thread
 
 from .definition import validate
@@ -47,14 +47,9 @@ class StepRunSerializer(serializers.ModelSerializer):
         fields = ["step", "index", "status", "output", "error", "reused", "started", "finished"]
 
 
-class WorkflowViewSet(viewsets.ModelViewSet):
+class WorkflowViewSet(OwnedViewSet):
     serializer_class = WorkflowSerializer
-
-    def get_queryset(self):
-        return self.request.user.workflows.all()
-
-    def perform_create(self, serializer):
-        serializer.save(owner=self.request.user)
+    related_name = "workflows"
 
     def perform_update(self, serializer):
         # every change makes a new version; runs keep the definition they started with
