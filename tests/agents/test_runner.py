@@ -273,3 +273,19 @@ def test_it_honours_a_stop_whose_redis_flag_was_lost(alice, settings):
     Run.objects.filter(pk=run.pk).update(stop_requested=timezone.now())  # the column only
     worker.join(5)
     assert Run.objects.get(pk=run.pk).status == Run.Status.STOPPED
+
+
+def test_a_stop_racing_completion_ends_each_run_exactly_once(alice):
+    thread = make_thread(alice, config={"demo": {"words": 3, "delay_ms": 0}})
+    for _ in range(40):
+        run = services.run_start(user=alice, thread=thread, message="Quick")
+        worker = threading.Thread(target=runner.execute, args=(run.pk,))
+        worker.start()
+        services.run_stop(run=Run.objects.get(pk=run.pk))
+        worker.join(5)
+        run.refresh_from_db()
+        terminal = [
+            e for e in logged(run) if e[1] == "run.status" and e[2]["status"] in Run.TERMINAL
+        ]
+        assert [e[2]["status"] for e in terminal] == [run.status], run.pk
+        assert logged(run)[-1][1] == "run.status"
