@@ -37,7 +37,7 @@ _WEEKDAYS = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
 # L, W, #, ? (Quartz), H (Jenkins): accepted by some cron dialects, but not by Celery beat.
 _NON_STANDARD = re.compile(r"[0-9]*(?:L|W|LW)|H.*|.*[#?].*")
 _STANDARD_ONLY = "use 5-field standard cron only"
-DAY = timedelta(days=1)
+_DAY = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ def next_fires(
     # Start from `after` as wall-clock time, read with the smaller of its and the previous day's
     # UTC offsets: just after a spring-forward jump (03:10 CEST) the skipped 02:30 still lies
     # ahead (at 03:30 CEST), and starting from 03:10 would miss it.
-    offset = min(after.astimezone(zone).utcoffset(), (after - DAY).astimezone(zone).utcoffset())
+    offset = min(after.astimezone(zone).utcoffset(), (after - _DAY).astimezone(zone).utcoffset())
     start = (after.astimezone(UTC) + offset).replace(tzinfo=None)
     wall_clocks = croniter(" ".join(expression.split()), start, day_or=False)
     fires: set[datetime] = set()  # a set: a skipped 02:30 lands on the same instant as 03:30
