@@ -8,6 +8,8 @@ from django.db.models.signals import post_delete
 from django.dispatch import receiver
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
+from . import cron
+
 FIRE_TASK = "scheduling.tasks.fire_schedule_task"
 
 
@@ -70,8 +72,6 @@ class Schedule(models.Model):
         """What makes a schedule runnable; the admin form and the API both ask it."""
         from workflows.definition import check_inputs
 
-        from . import cron
-
         errors = {}
         if self.cron and (cron_errors := cron.validate(self.cron)):
             errors["cron"] = cron_errors
@@ -103,13 +103,9 @@ class Schedule(models.Model):
         as the schedule, so beat never sees one without the other."""
         task = self.periodic_task or PeriodicTask(name=f"relay-schedule-{self.pk}")
         crontab = task.crontab if task.crontab_id else CrontabSchedule()
-        minute, hour, day_of_month, month, day_of_week = self.cron.split()
-        crontab.minute, crontab.hour = minute, hour
-        crontab.day_of_month, crontab.month_of_year, crontab.day_of_week = (
-            day_of_month,
-            month,
-            day_of_week,
-        )
+        # spelled out the way Celery's crontab accepts (it refuses day-of-week 7 and "5/10")
+        for field, value in cron.crontab_fields(self.cron).items():
+            setattr(crontab, field, value)
         crontab.timezone = ZoneInfo(self.timezone)
         crontab.save()
         task.crontab = crontab

@@ -47,7 +47,7 @@ def test_it_keeps_one_periodic_task_in_sync(alice):
         True,
     )
     crontab = task.crontab
-    assert (crontab.minute, crontab.hour, crontab.day_of_week) == ("0", "9", "1-5")
+    assert (crontab.minute, crontab.hour, crontab.day_of_week) == ("0", "9", "1,2,3,4,5")
     assert str(crontab.timezone) == "Europe/Berlin"
     schedule.cron = "30 2 * * *"
     schedule.timezone = "America/New_York"
@@ -61,6 +61,13 @@ def test_it_keeps_one_periodic_task_in_sync(alice):
     schedule.delete()
     assert not PeriodicTask.objects.exists()
     assert not CrontabSchedule.objects.exists()
+
+
+def test_it_spells_out_cron_forms_celery_refuses(alice):
+    schedule = agent_schedule(alice, cron="5/20 9 * * 5-7", timezone="UTC")
+    crontab = PeriodicTask.objects.get(pk=schedule.periodic_task_id).crontab
+    assert (crontab.minute, crontab.day_of_week) == ("5,25,45", "0,5,6")
+    crontab.schedule.remaining_estimate(at(2026, 11, 25, 12, 0))  # Celery takes it
 
 
 def test_it_fires_a_slot_once_however_often_it_is_sent(alice):
