@@ -44,9 +44,11 @@ async def run_events(request, run_id):
         )
     if isinstance(outcome, HttpResponse):
         return outcome
-    response = StreamingHttpResponse(
-        _stream(channel, last_id, user_id=outcome, gone=False), content_type="text/event-stream"
-    )
+    return event_stream(_stream(channel, last_id, user_id=outcome))
+
+
+def event_stream(events):
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx must not buffer the stream
     return response
@@ -95,11 +97,7 @@ def _settled(channel, last_id, status):
         return None
     newest = StreamStorage().newest(channel)
     if newest is None:
-        response = StreamingHttpResponse(
-            _stream(channel, last_id, user_id=None, gone=True), content_type="text/event-stream"
-        )
-        response["Cache-Control"] = "no-cache"
-        return response
+        return event_stream(_gone(channel))
     if last_id >= newest.id and is_terminal(newest):
         return HttpResponse(status=204)
     return None
@@ -125,10 +123,11 @@ def _reset(channel, current_id):
     )
 
 
-async def _stream(channel, last_id, *, user_id, gone):
-    if gone:
-        yield OPENING + _reset(channel, 0)
-        return
+async def _gone(channel):
+    yield OPENING + _reset(channel, 0)
+
+
+async def _stream(channel, last_id, *, user_id):
     read = sync_to_async(_read, thread_sensitive=False)
     listener = Listener()
     listener.user_id = user_id

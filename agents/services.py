@@ -11,7 +11,8 @@ import redis
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django_eventstream.storage import EventDoesNotExist
 
@@ -158,10 +159,11 @@ def run_stop(*, run):
     now = timezone.now()
     if run_finish(run=run, status=Run.Status.STOPPED, where=Q(status=Run.Status.QUEUED)):
         return
-    Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING, stop_requested=None).update(
-        stop_requested=now
+    # keeps the first request's time; the row count says whether the run is running
+    running = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(
+        stop_requested=Coalesce("stop_requested", Value(now))
     )
-    if Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).exists():
+    if running:
         try:
             stream.request_stop(run.pk)
         except redis.RedisError as exc:  # the worker finds the column at its next heartbeat
@@ -203,27 +205,30 @@ def runs_reap():
 def _salvage_partial_reply(run):
     """The reply a lost worker was writing exists only in the run's event log: save it into its
     message and announce it, or drop the message when the log no longer holds its start."""
-    for message in run.messages.filter(role=Message.Role.ASSISTANT, content="", tool_calls=[]):
-        try:
-            events = stream.StreamStorage().get_events(
-                run.channel, 0, limit=settings.RUN_EVENTS_MAXLEN
-            )
-        except (EventDoesNotExist, redis.RedisError):
-            events = []
-        text = "".join(
-            data["text"]
-            for data in (json.loads(e.data) for e in events if e.type == "message.delta")
-            if data["message"] == message.pk
-        )
-        if text:
-            message.content = text
+    unfinished = run.messages.filter(role=Message.Role.ASSISTANT, content="", tool_calls=[])
+    if not unfinished:
+        return
+    try:
+        events = stream.StreamStorage().get_events(run.channel, 0, limit=settings.RUN_EVENTS_MAXLEN)
+    except (EventDoesNotExist, redis.RedisError):
+        events = []
+    texts = {}
+    for event in events:
+        if event.type == "message.delta":
+            data = json.loads(event.data)
+            texts[data["message"]] = texts.get(data["message"], "") + data["text"]
+    for message in unfinished:
+        if texts.get(message.pk):
+            message.content = texts[message.pk]
             message.save(update_fields=["content"])
             stream.emit(run.pk, "message.done", message=message.as_event())
         else:
             message.delete()
 
 
-def workflow_start(*, user, workflow, inputs, thread=None, trigger=Run.Trigger.API):
+def workflow_start(
+    *, user, workflow, inputs, thread=None, if_busy="reject", trigger=Run.Trigger.API
+):
     """Check the inputs against the workflow's declaration, then start a run of it on `thread`
     (a new one unless given). The run keeps the definition as it is now."""
     from workflows.definition import check_inputs
@@ -239,6 +244,7 @@ def workflow_start(*, user, workflow, inputs, thread=None, trigger=Run.Trigger.A
         user=user,
         thread=thread,
         agent=thread.agent or user.agents.first(),
+        if_busy=if_busy,
         trigger=trigger,
         workflow=workflow,
         definition=workflow.definition,

@@ -83,6 +83,7 @@ def _start_run(schedule, slot):
             workflow=schedule.workflow,
             inputs=schedule.inputs,
             thread=schedule.thread,
+            if_busy=if_busy,
             trigger=trigger,
         )
     local = slot.astimezone(ZoneInfo(schedule.timezone))

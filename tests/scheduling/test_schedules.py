@@ -1,16 +1,20 @@
 """Schedules: kept in sync with django-celery-beat, fired once per slot, overlap policies,
 DST, and the API's validation."""
 
+import threading
 from datetime import UTC, datetime
 
 import pytest
+from django.db import connection
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
-from agents import tasks
+from agents import services, tasks
 from agents.models import Run, Thread
 from scheduling.models import Fire, Schedule
 from scheduling.services import schedule_fire
 from workflows.models import Workflow
+
+from conftest import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -286,3 +290,28 @@ def test_the_schedules_page_shows_next_fire_last_outcome_and_runs(alice, client)
     assert "Next: " in page and "Never fired" not in page
     assert f'href="/chats/{fire.run.thread_id}/"' in page
     assert '<span class="badge completed">started</span>' in page
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_stops_the_previous_running_workflow_run_on_a_fixed_thread(alice):
+    definition = {"steps": [{"id": "s", "type": "agent", "prompt": "Hi"}]}
+    workflow = Workflow.objects.create(owner=alice, name="W", definition=definition)
+    thread = Thread.objects.create(owner=alice, agent=alice.agents.get())
+    schedule = Schedule.objects.create(
+        owner=alice, name="Fixed", target="workflow", workflow=workflow, thread=thread,
+        cron="* * * * *", timezone="UTC", overlap="stop_previous",
+    )  # fmt: skip
+    first = schedule_fire(schedule_id=schedule.pk, now=at(2026, 11, 25, 12, 0))
+    previous = services.run_claim(run_id=first.run.pk, worker="w:1")
+
+    def worker_honours_the_stop():  # as a worker does, within a second of the request
+        wait_for(lambda: Run.objects.get(pk=previous.pk).stop_requested, timeout=5)
+        services.run_finish(run=previous, status=Run.Status.STOPPED)
+        connection.close()
+
+    honour = threading.Thread(target=worker_honours_the_stop)
+    honour.start()
+    second = schedule_fire(schedule_id=schedule.pk, now=at(2026, 11, 25, 12, 1))
+    honour.join()
+    assert Run.objects.get(pk=previous.pk).status == Run.Status.STOPPED
+    assert (second.outcome, second.run.thread) == ("started", thread), second.reason
