@@ -5,6 +5,7 @@ import signal
 import threading
 
 import httpx
+import psutil
 import pytest
 from django.db import connection
 from django.test import override_settings
@@ -229,7 +230,9 @@ def test_one_worker_holds_fifty_slow_runs_at_once(live, live_api, alice):
     )
 
 
-def test_forty_open_streams_get_every_event_and_hold_no_database_connection(live, live_api, alice):
+def test_forty_open_streams_get_every_event_and_hold_no_database_connection_or_thread(
+    live, live_api, alice
+):
     thread = new_thread(alice, words=1000, delay_ms=20)
     run_id = start(live, live_api, thread)
     follow(live.base_url, run_id, live_api, until=lambda e: e.type == "message.delta")
@@ -257,6 +260,8 @@ def test_forty_open_streams_get_every_event_and_hold_no_database_connection(live
                 " and pid <> pg_backend_pid()"
             )
             assert cursor.fetchone()[0] < 10  # the worker's, at most: none per stream
+    # the executors' few threads, none per stream (Django's handler would keep 40 more)
+    assert psutil.Process(live.processes["web"].pid).num_threads() < 20
     httpx.post(f"{live.base_url}/api/runs/{run_id}/stop/", headers=live_api)
     for client in clients:
         client.join(20)

@@ -1,0 +1,268 @@
+"""Fan-out: N SSE clients, each following a run, and what the web process pays for them.
+
+For each N, a fresh web process (uvicorn) and N asyncio clients, --per-run to a run. A
+publisher process appends message.delta events to every run's log with the worker's own code
+(agents.stream.emit), each run every --interval seconds, staggered, each delta's text being the
+moment of its append. Latency is the client's receipt minus that moment. Beside the clients,
+in the same run, an asyncio Redis client subscribed to the same pub/sub channel the web process
+listens on is the floor: the events straight from Redis.
+
+Reported for each N: latency p50 and p99 (and the floor's, and the ratios), deliveries per
+second, the web process's memory (RSS) and threads per open stream, its Redis connections, and
+the database connections it holds while the streams are open.
+
+    .venv/bin/python bench/fanout.py [--clients 100 500 1000 2000] [--seconds 20]
+"""
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import statistics
+import time
+
+import psutil
+import redis.asyncio
+
+from setup import percentile, prepare
+
+
+class Client:
+    """One SSE connection over raw asyncio streams (HTTP/1.0, so no chunked framing)."""
+
+    def __init__(self, host, port, path, headers):
+        self.address = host, port
+        lines = [
+            f"GET {path} HTTP/1.0",
+            f"Host: {host}",
+            *(f"{k}: {v}" for k, v in headers.items()),
+        ]
+        self.request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+        self.opened = asyncio.get_running_loop().create_future()
+        self.latencies = []
+        self.ids = []
+        self.error = None
+
+    async def run(self):
+        try:
+            reader, writer = await asyncio.open_connection(*self.address)
+            writer.write(self.request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            if b" 200 " not in head.split(b"\r\n", 1)[0]:
+                raise RuntimeError(head.split(b"\r\n", 1)[0].decode())
+            buffer = b""
+            while chunk := await reader.read(65536):
+                now = time.time()
+                buffer += chunk
+                *blocks, buffer = buffer.split(b"\n\n")
+                for block in blocks:
+                    if self.receive(block, now):
+                        writer.close()
+                        return
+        except Exception as exc:  # reported, not raised: one client must not end the run
+            self.error = exc
+        finally:
+            if not self.opened.done():
+                self.opened.set_result(False)
+
+    def receive(self, block, now):
+        """Handle one SSE block; True once the run has ended."""
+        fields = dict(
+            line.split(": ", 1)
+            for line in block.decode().split("\n")
+            if ": " in line and line[0] != ":"
+        )
+        event = fields.get("event")
+        if event == "stream-open" or block.endswith(b"event: stream-open\ndata:"):
+            self.opened.set_result(True)
+        elif event == "message.delta":
+            self.ids.append(int(fields["id"].rsplit(":", 1)[1]))
+            self.latencies.append(now - float(json.loads(fields["data"])["text"]))
+        return event == "run.status" and '"completed"' in fields.get("data", "")
+
+
+async def floor(url, channels, latencies, ready):
+    """The same events straight from Redis: django-eventstream's pub/sub channel."""
+    client = redis.asyncio.Redis.from_url(url)
+    async with client.pubsub() as pubsub:
+        await pubsub.subscribe("events_channel")
+        ready.set()
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+            now = time.time()
+            if message is None:
+                continue
+            item = json.loads(message["data"])
+            if item["channel"] not in channels:
+                continue
+            data = json.loads(item["data"])
+            if item["event_type"] == "message.delta":
+                latencies.append(now - float(data["text"]))
+            elif data.get("status") == "completed":
+                channels.discard(item["channel"])
+                if not channels:
+                    return
+
+
+def publish(run_ids, interval, seconds):
+    """The worker's side: every run appends a delta each `interval`, staggered, then ends."""
+    from agents import stream
+
+    stream.client.cache_clear()  # a forked process makes its own connections
+    slots = sorted((interval * i / len(run_ids), run_id) for i, run_id in enumerate(run_ids))
+    start = time.monotonic() + 0.5
+    rounds = int(seconds / interval)
+    for n in range(rounds):
+        for offset, run_id in slots:
+            delay = start + n * interval + offset - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            stream.emit(run_id, "message.delta", message=1, text=f"{time.time():.6f}")
+    for run_id in run_ids:
+        stream.emit(run_id, "run.status", status="completed", error="")
+
+
+def connections(pid, port):
+    return sum(
+        1 for c in psutil.Process(pid).net_connections("tcp") if c.raddr and c.raddr.port == port
+    )
+
+
+def database_handles(pid):
+    """Connections (PostgreSQL) or open files (SQLite) the web process holds to the database."""
+    from django.db import connection
+
+    if connection.vendor == "sqlite":
+        return sum(
+            1
+            for f in psutil.Process(pid).open_files()
+            if f.path.startswith(connection.settings_dict["NAME"])
+        )
+    return connections(pid, int(connection.settings_dict["PORT"] or 5432))
+
+
+def footprint(pid):
+    process = psutil.Process(pid)
+    return process.memory_info().rss, process.num_threads()
+
+
+def make_runs(user, count):
+    from agents.models import Run, Thread
+
+    agent = user.agents.get()
+    runs = []
+    for _ in range(count):
+        thread = Thread.objects.create(owner=user, agent=agent)
+        runs.append(Run.objects.create(owner=user, thread=thread, agent=agent, status="running").pk)
+    return runs
+
+
+async def fan_out(n, runs, args, headers, live):
+    web = live.processes["web"].pid
+    host, port = "127.0.0.1", live.port
+
+    # warm up the process (imports, the pub/sub listener) with a stream that opens and ends
+    warm = Client(host, port, f"/api/runs/{runs[0]}/events/", headers)
+    task = asyncio.create_task(warm.run())
+    await warm.opened
+    task.cancel()
+    await asyncio.sleep(1)
+    idle_rss, idle_threads = footprint(web)
+
+    clients = [
+        Client(host, port, f"/api/runs/{runs[i % len(runs)]}/events/", headers) for i in range(n)
+    ]
+    tasks = []
+    for i in range(0, n, 100):  # connect in waves, as a crowd of browsers would
+        batch = clients[i : i + 100]
+        tasks += [asyncio.create_task(c.run()) for c in batch]
+        await asyncio.gather(*(c.opened for c in batch))
+    opened = sum(c.opened.result() for c in clients)
+    await asyncio.sleep(1)
+    rss, threads = footprint(web)
+    held = {"redis": connections(web, 6379), "database": database_handles(web)}
+
+    floor_latencies, ready = [], asyncio.Event()
+    floor_task = asyncio.create_task(
+        floor(live.env["REDIS_URL"], {f"run-{r}" for r in runs}, floor_latencies, ready)
+    )
+    await ready.wait()
+    publisher = multiprocessing.get_context("fork").Process(
+        target=publish, args=([str(r) for r in runs], args.interval, args.seconds)
+    )
+    started = time.monotonic()
+    publisher.start()
+    peak_rss = rss
+    while publisher.is_alive():
+        await asyncio.sleep(0.5)
+        peak_rss = max(peak_rss, footprint(web)[0])
+    await asyncio.wait_for(asyncio.gather(*tasks, floor_task), timeout=60)
+    elapsed = time.monotonic() - started
+
+    latencies = [x * 1000 for c in clients for x in c.latencies]
+    floor_ms = [x * 1000 for x in floor_latencies]
+    expected = int(args.seconds / args.interval)
+    intact = sum(1 for c in clients if c.ids == list(range(c.ids[0], c.ids[0] + expected)) if c.ids)
+    return {
+        "clients": n,
+        "runs": len(runs),
+        "opened": opened,
+        "intact": intact,
+        "errors": sorted({repr(c.error) for c in clients if c.error})[:3],
+        "p50": statistics.median(latencies),
+        "p99": percentile(latencies, 99),
+        "floor_p50": statistics.median(floor_ms),
+        "floor_p99": percentile(floor_ms, 99),
+        "deliveries_per_s": len(latencies) / elapsed,
+        "kb_per_stream": (rss - idle_rss) / 1024 / n,
+        "peak_kb_per_stream": (peak_rss - idle_rss) / 1024 / n,
+        "threads_per_stream": (threads - idle_threads) / n,
+        "idle_mb": idle_rss / 2**20,
+        **held,
+    }
+
+
+def main():
+    from agents.models import Run
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--clients", type=int, nargs="+", default=[100, 500, 1000, 2000])
+    parser.add_argument("--per-run", type=int, default=10, help="clients following each run")
+    parser.add_argument(
+        "--interval", type=float, default=0.5, help="seconds between a run's events"
+    )
+    parser.add_argument("--seconds", type=float, default=20)
+    args = parser.parse_args()
+    user, headers, live = prepare()
+    rows = []
+    try:
+        for n in args.clients:
+            runs = make_runs(user, max(1, n // args.per_run))
+            live.start_web()
+            try:
+                rows.append(asyncio.run(fan_out(n, runs, args, headers, live)))
+            finally:
+                live.stop("web")
+                Run.objects.filter(pk__in=runs).update(status="completed")
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        live.stop_all()
+    print()
+    print(
+        "| clients | p50 ms | p99 ms | floor p50 / p99 ms | ratio p50 / p99 | deliveries/s "
+        "| KB/stream | threads/stream | Redis conns | DB conns | intact |"
+    )
+    print("|" + " --- |" * 11)
+    for r in rows:
+        print(
+            f"| {r['clients']} | {r['p50']:.1f} | {r['p99']:.1f} "
+            f"| {r['floor_p50']:.1f} / {r['floor_p99']:.1f} "
+            f"| {r['p50'] / r['floor_p50']:.1f} / {r['p99'] / r['floor_p99']:.1f} "
+            f"| {r['deliveries_per_s']:.0f} | {r['kb_per_stream']:.0f} "
+            f"| {r['threads_per_stream']:.2f} | {r['redis']} | {r['database']} "
+            f"| {r['intact']}/{r['clients']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
