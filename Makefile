@@ -74,7 +74,8 @@ lint: venv
 	$(PY) manage.py makemigrations --check --dry-run
 
 bench: venv services
-	$(PY) bench/first_delta.py
+	$(PY) bench/fanout.py
+	$(PY) bench/runs.py
 	$(PY) bench/concurrency.py
 
 clean:

@@ -24,61 +24,21 @@ import time
 import psutil
 import redis.asyncio
 
+from client import Stream
 from setup import percentile, prepare
 
 
-class Client:
-    """One SSE connection over raw asyncio streams (HTTP/1.0, so no chunked framing)."""
+class Follower:
+    """What one client received: the deltas' ids, and their latencies."""
 
-    def __init__(self, host, port, path, headers):
-        self.address = host, port
-        lines = [
-            f"GET {path} HTTP/1.0",
-            f"Host: {host}",
-            *(f"{k}: {v}" for k, v in headers.items()),
-        ]
-        self.request = ("\r\n".join(lines) + "\r\n\r\n").encode()
-        self.opened = asyncio.get_running_loop().create_future()
-        self.latencies = []
-        self.ids = []
-        self.error = None
+    def __init__(self):
+        self.ids, self.latencies = [], []
 
-    async def run(self):
-        try:
-            reader, writer = await asyncio.open_connection(*self.address)
-            writer.write(self.request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            if b" 200 " not in head.split(b"\r\n", 1)[0]:
-                raise RuntimeError(head.split(b"\r\n", 1)[0].decode())
-            buffer = b""
-            while chunk := await reader.read(65536):
-                now = time.time()
-                buffer += chunk
-                *blocks, buffer = buffer.split(b"\n\n")
-                for block in blocks:
-                    if self.receive(block, now):
-                        writer.close()
-                        return
-        except Exception as exc:  # reported, not raised: one client must not end the run
-            self.error = exc
-        finally:
-            if not self.opened.done():
-                self.opened.set_result(False)
-
-    def receive(self, block, now):
-        """Handle one SSE block; True once the run has ended."""
-        fields = dict(
-            line.split(": ", 1)
-            for line in block.decode().split("\n")
-            if ": " in line and line[0] != ":"
-        )
-        event = fields.get("event")
-        if event == "stream-open" or block.endswith(b"event: stream-open\ndata:"):
-            self.opened.set_result(True)
-        elif event == "message.delta":
-            self.ids.append(int(fields["id"].rsplit(":", 1)[1]))
-            self.latencies.append(now - float(json.loads(fields["data"])["text"]))
-        return event == "run.status" and '"completed"' in fields.get("data", "")
+    def __call__(self, event_id, event_type, data, received_at):
+        if event_type == "message.delta":
+            self.ids.append(event_id)
+            self.latencies.append(received_at - float(json.loads(data)["text"]))
+        return event_type == "run.status" and '"completed"' in data
 
 
 async def floor(url, channels, latencies, ready):
@@ -159,18 +119,20 @@ def make_runs(user, count):
 
 async def fan_out(n, runs, args, headers, live):
     web = live.processes["web"].pid
-    host, port = "127.0.0.1", live.port
+    address = "127.0.0.1", live.port
 
     # warm up the process (imports, the pub/sub listener) with a stream that opens and ends
-    warm = Client(host, port, f"/api/runs/{runs[0]}/events/", headers)
+    warm = Stream(address, f"/api/runs/{runs[0]}/events/", headers, Follower())
     task = asyncio.create_task(warm.run())
     await warm.opened
     task.cancel()
     await asyncio.sleep(1)
     idle_rss, idle_threads = footprint(web)
 
+    followers = [Follower() for _ in range(n)]
     clients = [
-        Client(host, port, f"/api/runs/{runs[i % len(runs)]}/events/", headers) for i in range(n)
+        Stream(address, f"/api/runs/{runs[i % len(runs)]}/events/", headers, followers[i])
+        for i in range(n)
     ]
     tasks = []
     for i in range(0, n, 100):  # connect in waves, as a crowd of browsers would
@@ -199,10 +161,10 @@ async def fan_out(n, runs, args, headers, live):
     await asyncio.wait_for(asyncio.gather(*tasks, floor_task), timeout=60)
     elapsed = time.monotonic() - started
 
-    latencies = [x * 1000 for c in clients for x in c.latencies]
+    latencies = [x * 1000 for f in followers for x in f.latencies]
     floor_ms = [x * 1000 for x in floor_latencies]
     expected = int(args.seconds / args.interval)
-    intact = sum(1 for c in clients if c.ids == list(range(c.ids[0], c.ids[0] + expected)) if c.ids)
+    intact = sum(f.ids == list(range(1, expected + 1)) for f in followers)
     return {
         "clients": n,
         "runs": len(runs),

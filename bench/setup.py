@@ -14,6 +14,9 @@ os.environ.setdefault("DATABASE_URL", f"sqlite:///{ROOT / 'var' / 'bench.sqlite3
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/14")
 os.environ.setdefault("RUN_MAX_ACTIVE_PER_USER", "100000")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
+# as in production: DEBUG keeps every query in memory and wraps every cursor
+os.environ.setdefault("DEBUG", "0")
+os.environ.setdefault("SECRET_KEY", "relay-benchmarks-only")
 
 import django  # noqa: E402
 

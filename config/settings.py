@@ -108,6 +108,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     # The test database is a file, so the worker and web processes the tests start can open it.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+elif env_int("DB_POOL_SIZE", 20):
+    # Code here closes its connection after each step (a worker thread between model calls, an
+    # event stream once authorized): with the pool that returns it for reuse instead of making
+    # PostgreSQL start a new backend each time. Checked on checkout, so a connection that died
+    # with a database restart is replaced, not handed out.
+    DATABASES["default"]["OPTIONS"] = {
+        "pool": {"min_size": 2, "max_size": env_int("DB_POOL_SIZE", 20), "timeout": 30}
+    }
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -45,13 +45,15 @@ class Live:
         )
         return self.processes[name]
 
-    def start_web(self):
+    def start_web(self, processes=1):
         self.start(
             "web",
             "uvicorn",
             "config.asgi:application",
             "--port",
             str(self.port),
+            "--workers",
+            str(processes),
             "--log-level",
             "warning",
         )
