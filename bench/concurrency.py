@@ -46,7 +46,7 @@ def main():
     args = parser.parse_args()
     os.environ["WORKER_CONCURRENCY"] = str(args.concurrency)
     user, _, live = prepare()
-    agent = user.agents.get()
+    agent = user.agents.get(name="Demo")
     words = 50
     agent.config = {"demo": {"words": words, "delay_ms": int(args.seconds * 1000 / words)}}
     agent.save()

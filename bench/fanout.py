@@ -109,7 +109,7 @@ def footprint(pid):
 def make_runs(user, count):
     from agents.models import Run, Thread
 
-    agent = user.agents.get()
+    agent = user.agents.get(name="Demo")
     runs = []
     for _ in range(count):
         thread = Thread.objects.create(owner=user, agent=agent)
