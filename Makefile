@@ -9,7 +9,7 @@ ARGS ?=
 # Prerequisites run in the order written (services before migrate, migrate before demo).
 .NOTPARALLEL:
 .DEFAULT_GOAL := help
-.PHONY: help venv services migrate demo run test lint bench clean
+.PHONY: help venv services migrate demo run test faults lint bench clean
 
 # How to run a command as root, empty when this user can't (not root, no passwordless sudo).
 AS_ROOT = $(shell if [ "$$(id -u)" = 0 ]; then echo env; \
@@ -24,6 +24,7 @@ help:
 	@echo "  demo      create the demo user and print how to log in"
 	@echo "  run       venv, services, migrate and demo, then web, worker and beat (Procfile)"
 	@echo "  test      run the test suite, browser tests included (pytest options: ARGS='...')"
+	@echo "  faults    run the fault tests (tests/faults) at their large counts"
 	@echo "  lint      ruff check, ruff format --check, and check for missing migrations"
 	@echo "  bench     run the benchmarks in bench/"
 	@echo "  clean     remove test artifacts (the venv, dev database and bench results stay)"
@@ -66,7 +67,14 @@ run: venv services migrate demo
 
 test: venv services
 	bin/services chromium
+	bin/services pushpin
 	$(PY) -m pytest $(ARGS)
+
+# The fault tests (killed workers, Redis and web restarts, dropped streams, stops racing the
+# end) at the counts they document, FAULT_SCALE=large: minutes. `make test` runs them too, at the
+# small counts CI can afford.
+faults: venv services
+	FAULT_SCALE=large $(PY) -m pytest -m faults $(ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

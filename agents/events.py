@@ -22,6 +22,7 @@ from django_eventstream.utils import sse_encode_event
 from django_eventstream.views import Listener, get_listener_manager
 from rest_framework.exceptions import AuthenticationFailed
 
+from . import grip
 from .auth import TokenAuthentication
 from .models import Run
 from .stream import StreamStorage, is_terminal
@@ -37,13 +38,19 @@ async def run_events(request, run_id):
     except ValueError as exc:
         return JsonResponse({"detail": str(exc), "code": "invalid_last_event_id"}, status=400)
     try:
+        if grip.recovering(request):  # Pushpin, for a stream it holds: no client credentials
+            if not grip.granted(request, channel):
+                return _not_found()
+            return await sync_to_async(_held, thread_sensitive=False)(request, channel, last_id)
         outcome = await sync_to_async(_open, thread_sensitive=False)(request, run_id, last_id)
+        if isinstance(outcome, HttpResponse):
+            return outcome
+        if grip.proxied(request):
+            return await sync_to_async(_held, thread_sensitive=False)(request, channel, last_id)
     except redis.RedisError:
         return JsonResponse(
             {"detail": "The event stream is unavailable; retry shortly."}, status=503
         )
-    if isinstance(outcome, HttpResponse):
-        return outcome
     return event_stream(_stream(channel, last_id, user_id=outcome))
 
 
@@ -55,10 +62,14 @@ def event_stream(events):
 
 
 def last_event_id(request, channel):
-    """The last event the client has, from the Last-Event-ID header or ?lastEventId=. With
-    neither, 0: the whole run, so a client that connects just after starting a run misses
-    nothing."""
-    raw = request.headers.get("Last-Event-ID") or request.GET.get("lastEventId") or ""
+    """The last event the client has, from the Last-Event-ID header or ?lastEventId= (or, from
+    Pushpin recovering a held stream, Grip-Last). With none, 0: the whole run, so a client that
+    connects just after starting a run misses nothing."""
+    if grip.recovering(request):
+        name, _, last = request.headers["Grip-Last"].partition(";")
+        raw = f"{name.strip()}:{last.strip().removeprefix('last-id=')}"
+    else:
+        raw = request.headers.get("Last-Event-ID") or request.GET.get("lastEventId") or ""
     if not raw:
         return 0
     name, _, number = raw.rpartition(":")
@@ -82,11 +93,15 @@ def _open(request, run_id, last_id):
             )
         status = Run.objects.filter(pk=run_id, owner=user).values_list("status", flat=True).first()
         if status is None:
-            return JsonResponse({"detail": "Not found."}, status=404)
+            return _not_found()
         user_id = user.pk
     finally:
         connection.close()
     return _settled(f"run-{run_id}", last_id, status) or user_id
+
+
+def _not_found():
+    return JsonResponse({"detail": "Not found."}, status=404)
 
 
 def _settled(channel, last_id, status):
@@ -112,6 +127,41 @@ def _read(channel, last_id):
     except EventDoesNotExist as exc:
         newest = storage.newest(channel)
         return [], exc.current_id, newest is not None and is_terminal(newest)
+
+
+def _held(request, channel, last_id):
+    """GRIP mode: the events the client lacks now, then Pushpin holds the connection and
+    delivers the rest as they are published. Once the run's terminal event is in the body, the
+    response is not held: the stream ends as in the direct mode."""
+    body = [] if grip.recovering(request) else [OPENING]  # a recovery continues the stream
+    while True:
+        events, reset_to, ended = _read(channel, last_id)
+        if reset_to is not None:
+            body.append(_reset(channel, reset_to))
+            if ended or reset_to == 0:
+                return event_response("".join(body))
+            last_id = reset_to
+            continue
+        text, last_id, done = _encode(channel, last_id, events)
+        body.append(text)
+        if done:
+            return event_response("".join(body))
+        if len(events) < READ_LIMIT:
+            break
+    if not events:  # Pushpin may already have the terminal event, and missed the close
+        newest = StreamStorage().newest(channel)
+        if newest is not None and is_terminal(newest) and last_id >= newest.id:
+            return event_response("".join(body))
+    response = event_response("".join(body))
+    for header, value in grip.hold_headers(request, channel, last_id).items():
+        response[header] = value
+    return response
+
+
+def event_response(body):
+    response = HttpResponse(body, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    return response
 
 
 def _reset(channel, current_id):

@@ -10,6 +10,9 @@ from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django_eventstream.event import Event
 from django_eventstream.storage import EventDoesNotExist, StorageBase
+from django_eventstream.utils import sse_encode_event
+
+from . import grip
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +108,18 @@ class StreamStorage(StorageBase):
 
 def emit(run_id, event_type, **data):
     """Append an event to the run's log and deliver it live, in one round trip (what
-    django-eventstream's send_event does in two). A Redis outage loses the live copy only: the
-    database keeps every message and the run's status."""
+    django-eventstream's send_event does in two), and through Pushpin in GRIP mode. A Redis
+    outage loses the live copy only: the database keeps every message and the run's status."""
+    channel = f"run-{run_id}"
     payload = json.dumps({"run": str(run_id), **data}, cls=DjangoJSONEncoder)
     try:
-        StreamStorage().append_event(f"run-{run_id}", event_type, payload, publish=True)
+        event = StreamStorage().append_event(channel, event_type, payload, publish=True)
     except redis.RedisError as exc:
         log.warning("run %s: could not emit %s: %s", run_id, event_type, exc)
+        return
+    if grip.enabled():
+        content = sse_encode_event(event_type, payload, event_id=f"{channel}:{event.id}")
+        grip.publish(channel, event.id, content, close=is_terminal(event))
 
 
 def retain(run_id):
