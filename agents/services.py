@@ -194,9 +194,15 @@ def runs_reap():
     now = timezone.now()
     reaped = 0
     for run in Run.objects.filter(status=Run.Status.RUNNING, lease_expires__lt=now):
+        # Take the lapsed lease first: reapers queued up while no worker was alive run at once,
+        # and only the one that took it may salvage the reply and end the run.
+        stale = Q(pk=run.pk, status=Run.Status.RUNNING, attempt=run.attempt, lease_expires__lt=now)
+        lease = now + timedelta(seconds=settings.RUN_LEASE_SECONDS)
+        if not Run.objects.filter(stale).update(lease_owner="reaper", lease_expires=lease):
+            continue
         _salvage_partial_reply(run)
-        stale = Q(attempt=run.attempt, lease_expires__lt=now)
-        if run_finish(run=run, status=Run.Status.FAILED, error="worker lost", where=stale):
+        lost = Q(attempt=run.attempt)
+        if run_finish(run=run, status=Run.Status.FAILED, error="worker lost", where=lost):
             log.warning("run %s: reaped, its worker %s was lost", run.pk, run.lease_owner)
             reaped += 1
     return reaped

@@ -46,8 +46,14 @@ class Worker:
         key = str(run_id)
         with self._lock:
             self._runs[key] = stop
-        if stream.stop_flags([key]):  # a nudge sent before we registered is not repeated
-            stop.set()
+        # A nudge sent before we registered is not repeated. Without Redis the heartbeat finds
+        # the stop (in the database) all the same; raising here would leave the run claimed,
+        # never executed, and its lease renewed for as long as this process lives.
+        try:
+            if stream.stop_flags([key]):
+                stop.set()
+        except redis.RedisError as exc:
+            log.warning("run %s: cannot read its stop flag: %s", key, exc)
 
         def release():
             with self._lock:

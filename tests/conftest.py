@@ -1,13 +1,28 @@
+import json
+import os
 import time
 
+import httpx
 import pytest
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from agents import stream
-from agents.models import Run
+from agents import stream, tasks
+from agents.models import Run, Thread
 
 from live import Live
+
+pytest.register_assert_rewrite("sse")  # its assertions on transcripts say what differs
+
+# Fault tests (tests/faults, marked `faults`) run `small` counts in CI and `large` ones under
+# `make faults`.
+FAULT_SCALE = os.environ.get("FAULT_SCALE", "small")
+if FAULT_SCALE not in ("small", "large"):
+    raise ValueError(f"FAULT_SCALE must be small or large, not {FAULT_SCALE!r}")
+
+
+def at_scale(small, large):
+    return small if FAULT_SCALE == "small" else large
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,27 +57,71 @@ def bob_api(bob):
     return client_for(bob)
 
 
+def start_live(tmp, **env):
+    """Web and worker processes on the test database (stop them with stop_all())."""
+    # Short leases so a killed worker's run is reaped within seconds, not a minute.
+    processes = Live(
+        tmp,
+        RUN_LEASE_SECONDS="3",
+        RUN_HEARTBEAT_SECONDS="1",
+        RUN_REAPER_SECONDS="1",
+        LLM_BASE_URL="http://127.0.0.1:9/v1",  # nothing listens: a model that cannot be reached
+        **env,
+    )
+    processes.start_web()
+    processes.start_worker()
+    return processes
+
+
 @pytest.fixture(scope="session")
 def live(django_db_setup, django_db_blocker, tmp_path_factory):
     with django_db_blocker.unblock():
-        # Short leases so a killed worker's run is reaped within seconds, not a minute.
-        processes = Live(
-            tmp_path_factory.mktemp("live"),
-            RUN_LEASE_SECONDS="3",
-            RUN_HEARTBEAT_SECONDS="1",
-            RUN_REAPER_SECONDS="1",
-            LLM_BASE_URL="http://127.0.0.1:9/v1",  # nothing listens: a model that cannot be reached
-        )
-        processes.start_web()
-        processes.start_worker()
+        processes = start_live(tmp_path_factory.mktemp("live"))
     yield processes
     processes.stop_all()
+
+
+def bearer(user):
+    return {"Authorization": f"Bearer {Token.objects.create(user=user).key}"}
 
 
 @pytest.fixture
 def live_api(live, transactional_db, alice):
     """Alice's token, for HTTP calls to the live web process."""
-    return {"Authorization": f"Bearer {Token.objects.create(user=alice).key}"}
+    return bearer(alice)
+
+
+@pytest.fixture
+def no_queue(monkeypatch):
+    """For tests that are the worker: keep their runs away from a live worker the end-to-end
+    tests may have left running, which would otherwise race them for the claim."""
+    monkeypatch.setattr(tasks.execute_run_task, "delay", lambda run_id: None)
+
+
+def new_thread(user, words=40, delay_ms=0):
+    agent = user.agents.get()
+    agent.config = {"demo": {"words": words, "delay_ms": delay_ms}}
+    agent.save()
+    return Thread.objects.create(owner=user, agent=agent)
+
+
+def start(live, headers, thread, message="Tell me something", **body):
+    """Start a run through the live web process; its id."""
+    r = httpx.post(
+        f"{live.base_url}/api/threads/{thread.pk}/runs/",
+        json={"message": message, **body},
+        headers=headers,
+    )
+    assert r.status_code == 202, r.text
+    return r.json()["id"]
+
+
+def logged(run):
+    """The run's event log: (id, type, data) for each event."""
+    return [
+        (e.id, e.type, json.loads(e.data))
+        for e in stream.StreamStorage().get_events(run.channel, 0, limit=1000)
+    ]
 
 
 def wait_for(predicate, timeout=20, interval=0.05, message="condition"):

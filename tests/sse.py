@@ -1,9 +1,13 @@
 """A small SSE client for the tests: real HTTP to the live web process."""
 
 import json
+import math
+import time
 from dataclasses import dataclass
 
 import httpx
+
+from agents.models import Message, Run
 
 
 @dataclass
@@ -19,6 +23,10 @@ class Event:
     @property
     def number(self):
         return int(self.id.rsplit(":", 1)[1])
+
+    @property
+    def is_terminal(self):
+        return self.type == "run.status" and self.json["status"] in Run.TERMINAL
 
 
 def parse(lines):
@@ -38,22 +46,60 @@ def parse(lines):
                 fields[name] = value
 
 
-def follow(base_url, run_id, headers, last_event_id=None, until=None, timeout=30):
-    """The events of a run's stream until the server ends it, or until `until(event)` is true
-    (then the connection is dropped, as a browser losing its network would)."""
+def events(
+    base_url, run_id, headers, last_event_id=None, timeout=30, client=httpx, deadline=math.inf
+):
+    """The events of a run's stream as they arrive, until the server ends it; the connection
+    closes when the caller stops iterating. `client`: an httpx.Client to share connections
+    (the httpx module makes a client per call). `deadline` (a time.monotonic() value) bounds a
+    stream that hangs: its keep-alives keep the read timeout from doing so."""
     headers = dict(headers)
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id
-    received = []
     url = f"{base_url}/api/runs/{run_id}/events/"
-    with httpx.stream("GET", url, headers=headers, timeout=timeout) as response:
+    with client.stream("GET", url, headers=headers, timeout=timeout) as response:
         assert response.status_code == 200, response.read()
-        for event in parse(response.iter_lines()):
-            if event.type == "stream-open":
-                continue
-            received.append(event)
-            if until and until(event):
-                break
+        for event in parse(_until(deadline, response.iter_lines(), run_id)):
+            if event.type != "stream-open":
+                yield event
+
+
+def _until(deadline, lines, run_id):
+    for line in lines:
+        assert time.monotonic() < deadline, (
+            f"run {run_id}: the stream is still open at the deadline"
+        )
+        yield line
+
+
+def follow(base_url, run_id, headers, last_event_id=None, until=None, timeout=30, client=httpx):
+    """The events of a run's stream until the server ends it, or until `until(event)` is true
+    (then the connection is dropped, as a browser losing its network would). A benchmark
+    passes its own httpx.Client: making one per request costs milliseconds."""
+    received = []
+    for event in events(base_url, run_id, headers, last_event_id, timeout, client):
+        received.append(event)
+        if until and until(event):
+            break
+    return received
+
+
+def follow_resuming(base_url, run_id, headers, deadline, drop=None, client=httpx):
+    """The events of a run up to its terminal one, as a client gets them that reconnects with
+    Last-Event-ID whenever its connection breaks: the server went away, or `drop(event)` said
+    the client drops it after that event. Fails at `deadline` (a time.monotonic() value)."""
+    received = []
+    while not (received and received[-1].is_terminal):
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"run {run_id}: no terminal event in time, {len(received)} events"
+        last = received[-1].id if received else None
+        try:
+            for event in events(base_url, run_id, headers, last, 30, client, deadline):
+                received.append(event)
+                if drop and drop(event):
+                    break
+        except httpx.TransportError:
+            time.sleep(0.05)  # the server is away: try again until the deadline
     return received
 
 
@@ -64,3 +110,19 @@ def text_of(events, message_id=None):
         for e in events
         if e.type == "message.delta" and message_id in (None, e.json["message"])
     )
+
+
+def assert_consecutive(events, first=1):
+    assert [e.number for e in events] == list(range(first, first + len(events)))
+
+
+def assert_transcript(events, run_id):
+    """A client's whole stream of a run agrees with the database: ids 1, 2, 3... with no gap
+    or repeat, the run's status last, and the messages and reassembled text as saved."""
+    assert_consecutive(events)
+    assert events[-1].json["status"] == Run.objects.get(pk=run_id).status
+    saved = Message.objects.filter(run_id=run_id).exclude(role=Message.Role.USER)
+    done = [e.json["message"] for e in events if e.type == "message.done"]
+    assert [(m["id"], m["content"]) for m in done] == [(m.id, m.content) for m in saved]
+    replies = saved.filter(role=Message.Role.ASSISTANT)
+    assert text_of(events) == "".join(m.content for m in replies)

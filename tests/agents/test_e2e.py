@@ -13,31 +13,10 @@ from django.test import override_settings
 from agents import services, stream
 from agents.models import Run, Thread
 
-from conftest import wait_for, wait_for_status
-from sse import follow, parse, text_of
+from conftest import new_thread, start, wait_for, wait_for_status
+from sse import assert_consecutive, follow, parse, text_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-def new_thread(user, words=40, delay_ms=0):
-    agent = user.agents.get()
-    agent.config = {"demo": {"words": words, "delay_ms": delay_ms}}
-    agent.save()
-    return Thread.objects.create(owner=user, agent=agent)
-
-
-def start(live, headers, thread, message="Tell me something", **body):
-    r = httpx.post(
-        f"{live.base_url}/api/threads/{thread.pk}/runs/",
-        json={"message": message, **body},
-        headers=headers,
-    )
-    assert r.status_code == 202, r.text
-    return r.json()["id"]
-
-
-def assert_consecutive(events, first=1):
-    assert [e.number for e in events] == list(range(first, first + len(events)))
 
 
 def test_it_streams_a_run_from_start_to_completed(live, live_api, alice):

@@ -1,0 +1,54 @@
+"""Fault: many SSE clients drop their connections at random moments of live runs and reconnect
+with Last-Event-ID, as browsers on a bad network do."""
+
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from django.test import override_settings
+
+from agents import services
+
+from conftest import at_scale, new_thread
+from sse import assert_transcript, follow_resuming
+
+pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+CLIENTS = at_scale(100, 1000)
+PER_RUN = 10
+DROP = 0.1  # the chance that a client drops its connection after an event
+
+
+def random_drops(seed, drops):
+    rng = random.Random(seed)
+
+    def drop(event):
+        dropped = rng.random() < DROP
+        if dropped:
+            drops.append(event.number)
+        return dropped
+
+    return drop
+
+
+@override_settings(RUN_MAX_ACTIVE_PER_USER=CLIENTS // PER_RUN)
+def test_clients_dropping_at_random_get_every_event_once(live, live_api, alice):
+    threads = [new_thread(alice, words=60, delay_ms=20) for _ in range(CLIENTS // PER_RUN)]
+    runs = [services.run_start(user=alice, thread=t, message="Go on").pk for t in threads]
+    drops = []
+    deadline = time.monotonic() + at_scale(60, 300)  # about 4 s and 40 s here
+    # one connection pool for all: an httpx client each would cost more than the test
+    http = httpx.Client(limits=httpx.Limits(max_connections=None, max_keepalive_connections=0))
+
+    def client(seed, run):
+        return follow_resuming(
+            live.base_url, run, live_api, deadline, random_drops(seed, drops), http
+        )
+
+    followed = runs * PER_RUN
+    with http, ThreadPoolExecutor(CLIENTS) as pool:
+        for run, events in zip(followed, pool.map(client, range(CLIENTS), followed), strict=True):
+            assert_transcript(events, run)
+    print(f"{CLIENTS} clients of {len(runs)} runs: {len(drops)} dropped connections")

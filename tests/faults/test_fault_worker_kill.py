@@ -1,0 +1,93 @@
+"""Fault: the worker process is killed (SIGKILL) at random moments of its runs, and a new one
+started, as a supervisor would; beat sends the reaper."""
+
+import contextlib
+import random
+import signal
+import time
+from collections import Counter
+
+import pytest
+from django.test import override_settings
+
+from agents import services
+from agents.models import Message, Run
+
+from conftest import at_scale, logged, new_thread, wait_for
+
+pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+RUNS = at_scale(6, 100)
+PER_KILL = at_scale(2, 5)  # runs in flight when the worker is killed
+# a calculator call, then "The answer is 20." (4 words); or 8 words: 0.6 to 1.2 s a run
+PROMPTS = ["calculate (2 + 3) * 4", "Tell me something"]
+
+
+def tool_calls_per_attempt(events):
+    """How often each tool call started within each attempt (an attempt starts at `running`)."""
+    attempt, started = 0, Counter()
+    for _, kind, data in events:
+        if kind == "run.status" and data["status"] == "running":
+            attempt += 1
+        elif kind == "tool.started":
+            started[attempt, data["call"]] += 1
+    return started
+
+
+@override_settings(RUN_MAX_ACTIVE_PER_USER=RUNS)
+def test_every_run_ends_once_when_its_worker_is_killed(live, alice):
+    runs = []
+    live.start_beat()
+    try:
+        for i in range(0, RUNS, PER_KILL):
+            threads = [new_thread(alice, words=8, delay_ms=150) for _ in range(PER_KILL)]
+            batch = [
+                services.run_start(user=alice, thread=t, message=PROMPTS[(i + n) % 2]).pk
+                for n, t in enumerate(threads)
+            ]
+            runs += batch
+            claimed = Run.objects.filter(pk__in=batch).exclude(status=Run.Status.QUEUED)
+            wait_for(claimed.exists, timeout=30, message="the (new) worker to claim a run")
+            time.sleep(random.uniform(0, 1.0))
+            live.stop("worker", signal.SIGKILL)
+            live.start_worker()
+        active = Run.objects.filter(pk__in=runs, status__in=Run.ACTIVE)
+        # a lease of 3 s, a reaper every second, and a worker that takes a few seconds to start
+        with contextlib.suppress(AssertionError):  # what is left is looked at below
+            wait_for(lambda: not active.exists(), timeout=30, message="every run to end")
+    finally:
+        live.stop("beat")
+
+    left = Counter(active.values_list("status", flat=True))
+    assert not left[Run.Status.RUNNING], f"runs left running 30 s after the last kill: {left}"
+    outcomes, unannounced = Counter(), 0
+    for run in Run.objects.filter(pk__in=runs, status__in=Run.TERMINAL):
+        events = logged(run)
+        assert [e[0] for e in events] == list(range(1, len(events) + 1))
+        assert set(tool_calls_per_attempt(events).values()) <= {1}, run.pk
+        calls = Message.objects.filter(run=run, role=Message.Role.TOOL)
+        assert calls.count() == len(set(calls.values_list("tool_call_id", flat=True)))
+        terminal = [e for e in events if e[1] == "run.status" and e[2]["status"] in Run.TERMINAL]
+        if terminal:
+            assert [e[2]["status"] for e in terminal] == [run.status], run.pk
+            assert events[-1] == terminal[0], f"run {run.pk}: events after its terminal one"
+        else:
+            unannounced += 1  # see below
+        outcomes[run.status, run.error] += 1
+    print(f"{RUNS} runs, {RUNS // PER_KILL} worker kills: {dict(outcomes)}, left: {dict(left)}")
+    assert outcomes[Run.Status.FAILED, "worker lost"], "no kill landed in the middle of a run"
+    gaps = []
+    if left[Run.Status.QUEUED]:
+        gaps.append(
+            f"{left[Run.Status.QUEUED]} runs stayed queued: the killed worker had taken their task"
+            " but not claimed them yet, and the broker gives it out again only after its"
+            " visibility timeout (RUN_TIME_LIMIT + 3600 s); nothing else enqueues a queued run"
+        )
+    if unannounced:
+        gaps.append(
+            f"{unannounced} runs ended without their terminal event: the process ending them was"
+            " killed between run_finish's UPDATE and its emit, nothing announces the end later,"
+            " and a client following the stream waits for it forever"
+        )
+    if gaps:
+        pytest.xfail("; ".join(gaps))
