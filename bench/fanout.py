@@ -117,9 +117,13 @@ def make_runs(user, count):
     return runs
 
 
-async def fan_out(n, runs, args, headers, live):
+def proxy_rss(proxy):
+    return sum(psutil.Process(pid).memory_info().rss for pid in proxy.pids()) if proxy else 0
+
+
+async def fan_out(n, runs, args, headers, live, proxy):
     web = live.processes["web"].pid
-    address = "127.0.0.1", live.port
+    address = "127.0.0.1", proxy.port if proxy else live.port
 
     # warm up the process (imports, the pub/sub listener) with a stream that opens and ends
     warm = Stream(address, f"/api/runs/{runs[0]}/events/", headers, Follower())
@@ -128,6 +132,7 @@ async def fan_out(n, runs, args, headers, live):
     task.cancel()
     await asyncio.sleep(1)
     idle_rss, idle_threads = footprint(web)
+    idle_proxy = proxy_rss(proxy)
 
     followers = [Follower() for _ in range(n)]
     clients = [
@@ -143,6 +148,11 @@ async def fan_out(n, runs, args, headers, live):
     await asyncio.sleep(1)
     rss, threads = footprint(web)
     held = {"redis": connections(web, 6379), "database": database_handles(web)}
+    proxy_kb = (proxy_rss(proxy) - idle_proxy) / 1024 / n
+    if proxy:
+        # Pushpin asks the web process once for each newly subscribed channel, ten a second,
+        # and holds that channel's publishes until it has the answer: let that settle first.
+        await asyncio.sleep(2 + len(runs) / 10)
 
     floor_latencies, ready = [], asyncio.Event()
     floor_task = asyncio.create_task(
@@ -166,6 +176,7 @@ async def fan_out(n, runs, args, headers, live):
     expected = int(args.seconds / args.interval)
     intact = sum(f.ids == list(range(1, expected + 1)) for f in followers)
     return {
+        "via": "pushpin" if proxy else "direct",
         "clients": n,
         "runs": len(runs),
         "opened": opened,
@@ -180,12 +191,37 @@ async def fan_out(n, runs, args, headers, live):
         "peak_kb_per_stream": (peak_rss - idle_rss) / 1024 / n,
         "threads_per_stream": (threads - idle_threads) / n,
         "idle_mb": idle_rss / 2**20,
+        "proxy_kb_per_stream": proxy_kb,
         **held,
     }
 
 
-def main():
+def measure(n, via, args, user, headers, live):
+    """One row: a fresh web process (and Pushpin in front of it), n clients."""
+    from django.conf import settings
+
     from agents.models import Run
+
+    from pushpin import Pushpin
+
+    runs = make_runs(user, max(1, n // args.per_run))
+    proxy = None
+    if via == "pushpin":
+        proxy = Pushpin(live.logs / "pushpin", [live.port], debug=False, maxconn=n + 1000,
+                        message_hwm=200_000, message_wait=1000)  # fmt: skip
+        proxy.start()
+    live.env["GRIP_URL"] = settings.GRIP_URL = proxy.grip_url if proxy else ""
+    live.start_web()
+    try:
+        return asyncio.run(fan_out(n, runs, args, headers, live, proxy))
+    finally:
+        live.stop("web")
+        if proxy:
+            proxy.stop()
+        Run.objects.filter(pk__in=runs).update(status="completed")
+
+
+def main():
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, nargs="+", default=[100, 500, 1000, 2000])
@@ -194,33 +230,33 @@ def main():
         "--interval", type=float, default=0.5, help="seconds between a run's events"
     )
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument(
+        "--via", nargs="+", choices=["direct", "pushpin"], default=["direct"],
+        help="clients connect to the web process, or to Pushpin in front of it (GRIP mode)",
+    )  # fmt: skip
     args = parser.parse_args()
     user, headers, live = prepare()
     rows = []
     try:
         for n in args.clients:
-            runs = make_runs(user, max(1, n // args.per_run))
-            live.start_web()
-            try:
-                rows.append(asyncio.run(fan_out(n, runs, args, headers, live)))
-            finally:
-                live.stop("web")
-                Run.objects.filter(pk__in=runs).update(status="completed")
-            print(json.dumps(rows[-1]), flush=True)
+            for via in args.via:
+                rows.append(measure(n, via, args, user, headers, live))
+                print(json.dumps(rows[-1]), flush=True)
     finally:
         live.stop_all()
     print()
     print(
-        "| clients | p50 ms | p99 ms | floor p50 / p99 ms | ratio p50 / p99 | deliveries/s "
-        "| KB/stream | threads/stream | Redis conns | DB conns | intact |"
+        "| via | clients | p50 ms | p99 ms | floor p50 / p99 ms | ratio p50 / p99 | deliveries/s "
+        "| web KB/stream | Pushpin KB/stream | threads/stream | Redis conns | DB conns | intact |"
     )
-    print("|" + " --- |" * 11)
+    print("|" + " --- |" * 13)
     for r in rows:
         print(
-            f"| {r['clients']} | {r['p50']:.1f} | {r['p99']:.1f} "
+            f"| {r['via']} | {r['clients']} | {r['p50']:.1f} | {r['p99']:.1f} "
             f"| {r['floor_p50']:.1f} / {r['floor_p99']:.1f} "
             f"| {r['p50'] / r['floor_p50']:.1f} / {r['p99'] / r['floor_p99']:.1f} "
             f"| {r['deliveries_per_s']:.0f} | {r['kb_per_stream']:.0f} "
+            f"| {r['proxy_kb_per_stream']:.0f} "
             f"| {r['threads_per_stream']:.2f} | {r['redis']} | {r['database']} "
             f"| {r['intact']}/{r['clients']} |"
         )

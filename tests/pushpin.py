@@ -131,7 +131,7 @@ class Pushpin:
     connection, the others are failovers."""
 
     def __init__(self, tmp, backends, *, host="127.0.0.1", sig_key=None, debug=True,
-                 log_level=2, maxconn=10_000, message_wait=5000, message_rate=2500,
+                 log_level=2, maxconn=10_000, message_wait=5000, message_rate=0,
                  message_hwm=25000):  # fmt: skip
         self.dir = Path(tmp)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -140,7 +140,12 @@ class Pushpin:
         self.sig_key = sig_key or secrets.token_urlsafe(24)
         self.debug, self.log_level, self.maxconn = debug, log_level, maxconn
         self.message_wait = message_wait  # ms an out-of-order publish waits for the gap
-        # deliveries (item x stream) per second, and queued at most, beyond which they drop
+        # deliveries (item x stream) per second, and queued at most, beyond which they drop.
+        # 0 (the default): no rate limit. Any positive rate stalls delivery under a steady
+        # stream of publishes: Pushpin 1.36's rate limiter (src/handler/ratelimiter.cpp) sends
+        # queued deliveries from a timer (every 25 ms at rates >= 40/s) which every publish
+        # restarts (QTimer::setInterval on an active timer), so publishes less than 25 ms apart
+        # (> 40 a second, any channels) hold every delivery until they pause.
         self.message_rate, self.message_hwm = message_rate, message_hwm
         self.port = self.control_port = None
         self.process = None
