@@ -11,6 +11,7 @@ stream holds no thread and no database connection while it waits.
 """
 
 import asyncio
+import logging
 
 import redis
 from asgiref.sync import sync_to_async
@@ -19,13 +20,15 @@ from django.db import connection
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django_eventstream.storage import EventDoesNotExist
 from django_eventstream.utils import sse_encode_event
-from django_eventstream.views import Listener, get_listener_manager
+from django_eventstream.views import Listener, RedisListener, get_listener_manager
 from rest_framework.exceptions import AuthenticationFailed
 
 from . import grip
 from .auth import TokenAuthentication
 from .models import Run
 from .stream import StreamStorage, is_terminal
+
+log = logging.getLogger(__name__)
 
 READ_LIMIT = 100
 OPENING = ":" + " " * 2048 + "\n\nevent: stream-open\ndata:\n\n"  # padding flushes proxies
@@ -228,6 +231,39 @@ async def _stream(channel, last_id, *, user_id):
                 yield ": keep-alive\n\n"
     finally:
         manager.remove_listener(listener)
+
+
+class ResilientRedisListener(RedisListener):
+    """django-eventstream's pub/sub listener ends with its connection (with redis-py 6, a Redis
+    restart ends it for good, and every open stream waits forever). This one subscribes again,
+    then sends every open stream back to the log for what was published in between."""
+
+    async def start(self):
+        reconnecting = False
+        while True:
+            try:
+                await self.pubsub.subscribe("events_channel")
+                if reconnecting:
+                    _back_to_log()
+                await self.listen()
+            except (redis.RedisError, OSError) as exc:
+                log.warning("the event listener lost Redis, reconnecting: %s", exc)
+            reconnecting = True
+            await asyncio.sleep(1)
+            self.pubsub = self.redis_client.pubsub()
+
+
+def _back_to_log():
+    manager = get_listener_manager()
+    with manager.lock:
+        listeners = set().union(*manager.listeners_by_channel.values())
+        for listener in listeners:
+            listener.overflow = True
+            listener.wake_threadsafe()
+
+
+if get_listener_manager().redis_listener:
+    get_listener_manager().redis_listener = ResilientRedisListener()
 
 
 def _run_length(events, last_id):
