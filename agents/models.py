@@ -141,7 +141,7 @@ class Run(models.Model):
     output_tokens = models.PositiveIntegerField(default=0)
     created = models.DateTimeField(auto_now_add=True)
     started = models.DateTimeField(null=True, blank=True)
-    finished = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True, db_index=True)
 
     objects = RunQuerySet.as_manager()
 

@@ -190,8 +190,10 @@ def run_finish(*, run, status, error="", where=None, usage=None):
 
 
 def runs_reap():
-    """Fail the runs whose worker stopped renewing their lease. Returns how many."""
+    """Fail the runs whose worker stopped renewing their lease, and announce the ends that went
+    unannounced. Returns how many runs it failed."""
     now = timezone.now()
+    _announce_ends(now)
     reaped = 0
     for run in Run.objects.filter(status=Run.Status.RUNNING, lease_expires__lt=now):
         # Take the lapsed lease first: reapers queued up while no worker was alive run at once,
@@ -206,6 +208,26 @@ def runs_reap():
             log.warning("run %s: reaped, its worker %s was lost", run.pk, run.lease_owner)
             reaped += 1
     return reaped
+
+
+def _announce_ends(now):
+    """Emit the terminal event of the runs whose process ended them in the database and died
+    before saying so in their log (a client would wait for it forever). A live process says
+    so within milliseconds; a run is looked at for two minutes after that grace."""
+    grace = timedelta(seconds=5)
+    ended = Run.objects.filter(
+        status__in=Run.TERMINAL, finished__range=(now - grace - timedelta(minutes=2), now - grace)
+    )
+    runs = {run.pk: run for run in ended.only("pk", "status", "error")}
+    try:
+        unannounced = stream.unannounced(list(runs))
+    except redis.RedisError as exc:
+        log.warning("cannot check that ended runs were announced: %s", exc)
+        return
+    for pk in unannounced:
+        log.warning("run %s: ended %s without its terminal event; emitting it", pk, runs[pk].status)
+        stream.emit(pk, "run.status", status=runs[pk].status, error=runs[pk].error)
+        stream.retain(pk)
 
 
 def _salvage_partial_reply(run):

@@ -21,8 +21,11 @@ STOP_CHANNEL = "relay:run-stop"
 # The next id is one more than the last entry's (MAXLEN trimming always keeps the newest), so id
 # and XADD are one atomic step however many processes append to the channel. With ARGV[6] set
 # it also publishes the event on django-eventstream's pub/sub channel, in the message format
-# its listener reads, saving the round trip of a separate PUBLISH.
+# its listener reads, saving the round trip of a separate PUBLISH. With KEYS[2] (a run's
+# terminal event) it appends only if that key was not set yet, so a run ends once in its log
+# whoever announces it: the process that ended it, or the repair after that process died.
 APPEND = """
+if KEYS[2] and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[4]) then return 0 end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local n = 1
 if #last > 0 then n = tonumber(string.match(last[1][1], '^(%d+)')) + 1 end
@@ -62,6 +65,10 @@ def log_key(channel):
     return f"relay:events:{{{channel}}}"
 
 
+def ended_key(channel):
+    return f"relay:ended:{{{channel}}}"
+
+
 def _entry_id(entry_id):
     return int(entry_id.split("-", 1)[0])
 
@@ -71,12 +78,14 @@ class StreamStorage(StorageBase):
     capped at RUN_EVENTS_MAXLEN entries; an id older than the log raises EventDoesNotExist
     (the client gets stream-reset and reloads from the database)."""
 
-    def append_event(self, channel, event_type, data, publish=False):
+    def append_event(self, channel, event_type, data, publish=False, once=False):
+        """The appended event; with `once`, None if the channel's terminal event is in."""
         # Live logs outlive the longest run; retain() shortens that once the run ends.
         ttl = settings.RUN_TIME_LIMIT + settings.RUN_EVENTS_RETENTION
         args = [settings.RUN_EVENTS_MAXLEN, event_type, data, ttl, channel, int(publish)]
-        n = _append_script()(keys=[log_key(channel)], args=args)
-        return Event(channel, event_type, data, id=int(n))
+        keys = [log_key(channel), *([ended_key(channel)] if once else [])]
+        n = _append_script()(keys=keys, args=args)
+        return Event(channel, event_type, data, id=int(n)) if n else None
 
     def get_events(self, channel, last_id, limit=100):
         last_id = int(last_id)
@@ -108,18 +117,37 @@ class StreamStorage(StorageBase):
 
 def emit(run_id, event_type, **data):
     """Append an event to the run's log and deliver it live, in one round trip (what
-    django-eventstream's send_event does in two), and through Pushpin in GRIP mode. A Redis
-    outage loses the live copy only: the database keeps every message and the run's status."""
+    django-eventstream's send_event does in two), and through Pushpin in GRIP mode. A run's
+    terminal `run.status` goes in once. A Redis outage loses the live copy only: the database
+    keeps every message and the run's status."""
+    from .models import Run
+
     channel = f"run-{run_id}"
     payload = json.dumps({"run": str(run_id), **data}, cls=DjangoJSONEncoder)
+    once = event_type == "run.status" and data.get("status") in Run.TERMINAL
     try:
-        event = StreamStorage().append_event(channel, event_type, payload, publish=True)
+        event = StreamStorage().append_event(channel, event_type, payload, publish=True, once=once)
     except redis.RedisError as exc:
         log.warning("run %s: could not emit %s: %s", run_id, event_type, exc)
         return
+    if event is None:
+        return  # its terminal event is in already
     if grip.enabled():
         content = sse_encode_event(event_type, payload, event_id=f"{channel}:{event.id}")
         grip.publish(channel, event.id, content, close=is_terminal(event))
+
+
+def unannounced(run_ids):
+    """The ids among `run_ids` whose log exists but does not end with a terminal event."""
+    with client().pipeline(transaction=False) as pipe:
+        for run_id in run_ids:
+            pipe.xrevrange(log_key(f"run-{run_id}"), count=1)
+        newest = pipe.execute()
+    return {
+        run_id
+        for run_id, entries in zip(run_ids, newest, strict=True)
+        if entries and not is_terminal(Event("", entries[0][1]["t"], entries[0][1]["d"]))
+    }
 
 
 def retain(run_id):

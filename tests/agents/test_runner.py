@@ -253,6 +253,35 @@ def test_it_saves_a_lost_workers_partial_reply_from_the_log_once(alice):
     assert types[-5:] == ["message.delta"] * 3 + ["message.done", "run.status"]
 
 
+def test_a_runs_terminal_event_goes_into_its_log_once(alice):
+    run = services.run_start(user=alice, thread=make_thread(alice), message="Hello")
+    for status in ["stopped", "failed", "stopped"]:
+        stream.emit(run.pk, "run.status", status=status, error="")
+    statuses = [e[2]["status"] for e in logged(run) if e[1] == "run.status"]
+    assert statuses == ["queued", "stopped"]
+
+
+def test_the_reaper_announces_an_end_whose_process_died_before_announcing_it(alice):
+    run = services.run_start(user=alice, thread=make_thread(alice), message="Hello")
+    # ended in the database, then killed before its emit
+    finished = timezone.now() - timedelta(seconds=10)
+    Run.objects.filter(pk=run.pk).update(status="completed", finished=finished)
+    services.runs_reap()
+    services.runs_reap()
+    assert [e[2]["status"] for e in logged(run) if e[1] == "run.status"] == ["queued", "completed"]
+
+
+def test_the_reaper_leaves_announced_and_just_ended_runs_alone(alice):
+    announced = services.run_start(user=alice, thread=make_thread(alice), message="Hello")
+    services.run_finish(run=announced, status="completed")
+    Run.objects.filter(pk=announced.pk).update(finished=timezone.now() - timedelta(seconds=10))
+    just_ended = services.run_start(user=alice, thread=make_thread(alice), message="Hello")
+    Run.objects.filter(pk=just_ended.pk).update(status="completed", finished=timezone.now())
+    services.runs_reap()
+    for run in (announced, just_ended):
+        assert [e[1] for e in logged(run)].count("run.status") == 1 + (run is announced)
+
+
 def test_it_drops_a_lost_workers_empty_reply(alice):
     thread = make_thread(alice)
     run = services.run_start(user=alice, thread=thread, message="Hello")
