@@ -175,12 +175,22 @@ async def fan_out(n, runs, args, headers, live, proxy):
     floor_ms = [x * 1000 for x in floor_latencies]
     expected = int(args.seconds / args.interval)
     intact = sum(f.ids == list(range(1, expected + 1)) for f in followers)
+    broken = [  # what the others got wrong, for a few of them
+        {
+            "missing": sorted(set(range(1, expected + 1)) - set(f.ids)),
+            "repeated": sorted({i for i in f.ids if f.ids.count(i) > 1}),
+            "out_of_order": f.ids != sorted(f.ids),
+        }
+        for f in followers
+        if f.ids != list(range(1, expected + 1))
+    ][:3]
     return {
         "via": "pushpin" if proxy else "direct",
         "clients": n,
         "runs": len(runs),
         "opened": opened,
         "intact": intact,
+        "broken": broken,
         "errors": sorted({repr(c.error) for c in clients if c.error})[:3],
         "p50": statistics.median(latencies),
         "p99": percentile(latencies, 99),
