@@ -194,6 +194,7 @@ def runs_reap():
     unannounced. Returns how many runs it failed."""
     now = timezone.now()
     _announce_ends(now)
+    _requeue_unclaimed(now)
     reaped = 0
     for run in Run.objects.filter(status=Run.Status.RUNNING, lease_expires__lt=now):
         # Take the lapsed lease first: reapers queued up while no worker was alive run at once,
@@ -208,6 +209,27 @@ def runs_reap():
             log.warning("run %s: reaped, its worker %s was lost", run.pk, run.lease_owner)
             reaped += 1
     return reaped
+
+
+def _requeue_unclaimed(now):
+    """Enqueue again the runs that have waited RUN_REQUEUE_SECONDS unclaimed: their message may
+    be lost (Redis restarted without persistence, or a killed worker held it unacknowledged).
+    The claim is conditional, so a second message for a run is a no-op; a Redis key keeps it
+    to one more message per run and period even when the queue is merely long."""
+    from .tasks import execute_run_task
+
+    waited = now - timedelta(seconds=settings.RUN_REQUEUE_SECONDS)
+    for run_id in Run.objects.filter(status=Run.Status.QUEUED, created__lt=waited).values_list(
+        "pk", flat=True
+    )[:500]:
+        try:
+            key = f"relay:requeued:{run_id}"
+            if stream.client().set(key, "1", nx=True, ex=int(settings.RUN_REQUEUE_SECONDS)):
+                log.warning("run %s: still unclaimed, enqueued again", run_id)
+                execute_run_task.delay(str(run_id))
+        except Exception as exc:  # the broker is down: the next pass tries again
+            log.warning("run %s: could not enqueue it again: %s", run_id, exc)
+            return
 
 
 def _announce_ends(now):

@@ -178,6 +178,7 @@ RUN_TIME_LIMIT = env_int("RUN_TIME_LIMIT", 15 * 60)  # seconds a run may take
 RUN_LEASE_SECONDS = env_float("RUN_LEASE_SECONDS", 30)  # a run whose lease lapses is reaped
 RUN_HEARTBEAT_SECONDS = env_float("RUN_HEARTBEAT_SECONDS", 10)  # how often workers renew leases
 RUN_REAPER_SECONDS = env_float("RUN_REAPER_SECONDS", 15)  # how often beat sends the reaper
+RUN_REQUEUE_SECONDS = env_float("RUN_REQUEUE_SECONDS", 120)  # unclaimed that long: enqueue again
 RUN_INTERRUPT_WAIT = env_float("RUN_INTERRUPT_WAIT", 5)  # how long "interrupt" waits for a stop
 RUN_DELTA_SECONDS = env_float("RUN_DELTA_SECONDS", 0.05)  # message.delta coalescing window
 RUN_EVENTS_MAXLEN = env_int("RUN_EVENTS_MAXLEN", 10_000)  # events kept per run log

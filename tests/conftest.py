@@ -65,6 +65,7 @@ def start_live(tmp, **env):
         RUN_LEASE_SECONDS="3",
         RUN_HEARTBEAT_SECONDS="1",
         RUN_REAPER_SECONDS="1",
+        RUN_REQUEUE_SECONDS="3",
         LLM_BASE_URL="http://127.0.0.1:9/v1",  # nothing listens: a model that cannot be reached
         **env,
     )

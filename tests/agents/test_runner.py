@@ -9,7 +9,7 @@ import pytest
 import redis
 from django.utils import timezone
 
-from agents import runner, services, stream
+from agents import runner, services, stream, tasks
 from agents.models import Message, Run, Thread
 
 import fakellm
@@ -280,6 +280,19 @@ def test_the_reaper_leaves_announced_and_just_ended_runs_alone(alice):
     services.runs_reap()
     for run in (announced, just_ended):
         assert [e[1] for e in logged(run)].count("run.status") == 1 + (run is announced)
+
+
+def test_the_reaper_enqueues_an_unclaimed_run_again_once_a_period(alice, monkeypatch, settings):
+    run = services.run_start(user=alice, thread=make_thread(alice), message="Hello")
+    sent = []
+    monkeypatch.setattr(tasks.execute_run_task, "delay", sent.append)
+    services.runs_reap()
+    assert sent == []  # it has not waited long enough
+    waited = timezone.now() - timedelta(seconds=settings.RUN_REQUEUE_SECONDS + 1)
+    Run.objects.filter(pk=run.pk).update(created=waited)
+    services.runs_reap()
+    services.runs_reap()
+    assert sent == [str(run.pk)]
 
 
 def test_it_drops_a_lost_workers_empty_reply(alice):
