@@ -101,8 +101,10 @@ class Worker:
             try:
                 pubsub = stream.client().pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(stream.STOP_CHANNEL)
-                for message in pubsub.listen():
-                    stop = self.active().get(message["data"])
+                while True:
+                    # within the socket timeout: a quiet channel is not a lost connection
+                    message = pubsub.get_message(timeout=5)
+                    stop = message and self.active().get(message["data"])
                     if stop:
                         stop.set()
             except redis.RedisError as exc:

@@ -8,6 +8,7 @@ import httpx
 import jwt
 import psutil
 import pytest
+from django.test import override_settings
 
 from agents import stream
 from agents.models import Run
@@ -21,12 +22,26 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture(scope="module")
-def behind_pushpin(django_db_setup, django_db_blocker, tmp_path_factory):
+def grip_redis():
+    """A Redis database of their own (queue, logs), so that the session's other workers, which
+    do not publish to Pushpin, cannot take these runs; this process reads the logs there too."""
+    url = "redis://127.0.0.1:6379/13"
+    with override_settings(REDIS_URL=url):
+        stream.client.cache_clear()
+        stream._append_script.cache_clear()
+        stream.client().flushdb()
+        yield url
+    stream.client.cache_clear()
+    stream._append_script.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def behind_pushpin(grip_redis, django_db_setup, django_db_blocker, tmp_path_factory):
     """Pushpin in front of two uvicorn processes (one port, the kernel spreads connections),
     and two Celery workers, all publishing through Pushpin."""
     tmp = tmp_path_factory.mktemp("grip")
     with django_db_blocker.unblock():
-        processes = Live(tmp)
+        processes = Live(tmp, REDIS_URL=grip_redis)
     # a publish that does not follow on waits this long for the gap before Pushpin recovers
     pushpin = Pushpin(tmp / "pushpin", [processes.port], message_wait=300).start()
     processes.env["GRIP_URL"] = pushpin.grip_url
