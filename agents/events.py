@@ -7,7 +7,9 @@ live traffic. Here a connection writes event n only right after n-1: a live even
 follow on sends the loop back to the log, and an id already written is dropped.
 
 The view is async and reads the database and the log through the shared executor, so an open
-stream holds no thread and no database connection while it waits.
+stream holds no thread and no database connection while it waits (config/asgi.py keeps
+Django's handler from giving it a thread of its own). In GRIP mode a request that came through
+Pushpin is answered at once (`_held`) and Pushpin holds the connection: agents/grip.py.
 """
 
 import asyncio
