@@ -38,20 +38,23 @@ OPENING = ":" + " " * 2048 + "\n\nevent: stream-open\ndata:\n\n"  # padding flus
 
 async def run_events(request, run_id):
     channel = f"run-{run_id}"
+    proxied = grip.proxied(request)  # verifies Pushpin's signature: once a request
+    recovery = proxied and "Grip-Last" in request.headers  # Pushpin, for a stream it holds
     try:
-        last_id = last_event_id(request, channel)
+        last_id = last_event_id(request, channel, recovery)
     except ValueError as exc:
         return JsonResponse({"detail": str(exc), "code": "invalid_last_event_id"}, status=400)
     try:
-        if grip.recovering(request):  # Pushpin, for a stream it holds: no client credentials
+        if recovery:  # carries no client credentials, but the run's signed link
             if not grip.granted(request, channel):
                 return _not_found()
-            return await sync_to_async(_held, thread_sensitive=False)(request, channel, last_id)
-        outcome = await sync_to_async(_open, thread_sensitive=False)(request, run_id, last_id)
-        if isinstance(outcome, HttpResponse):
-            return outcome
-        if grip.proxied(request):
-            return await sync_to_async(_held, thread_sensitive=False)(request, channel, last_id)
+        else:
+            outcome = await sync_to_async(_open, thread_sensitive=False)(request, run_id, last_id)
+            if isinstance(outcome, HttpResponse):
+                return outcome
+        if proxied:
+            held = sync_to_async(_held, thread_sensitive=False)
+            return await held(request, channel, last_id, continued=recovery)
     except redis.RedisError:
         return JsonResponse(
             {"detail": "The event stream is unavailable; retry shortly."}, status=503
@@ -66,11 +69,11 @@ def event_stream(events):
     return response
 
 
-def last_event_id(request, channel):
+def last_event_id(request, channel, recovery=False):
     """The last event the client has, from the Last-Event-ID header or ?lastEventId= (or, from
     Pushpin recovering a held stream, Grip-Last). With none, 0: the whole run, so a client that
     connects just after starting a run misses nothing."""
-    if grip.recovering(request):
+    if recovery:
         name, _, last = request.headers["Grip-Last"].partition(";")
         raw = f"{name.strip()}:{last.strip().removeprefix('last-id=')}"
     else:
@@ -134,11 +137,11 @@ def _read(channel, last_id):
         return [], exc.current_id, newest is not None and is_terminal(newest)
 
 
-def _held(request, channel, last_id):
+def _held(request, channel, last_id, *, continued):
     """GRIP mode: the events the client lacks now, then Pushpin holds the connection and
     delivers the rest as they are published. Once the run's terminal event is in the body, the
     response is not held: the stream ends as in the direct mode."""
-    body = [] if grip.recovering(request) else [OPENING]  # a recovery continues the stream
+    body = [] if continued else [OPENING]  # a recovery's answer continues the stream
     while True:
         events, reset_to, ended = _read(channel, last_id)
         if reset_to is not None:

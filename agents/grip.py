@@ -62,11 +62,6 @@ def proxied(request):
     return True
 
 
-def recovering(request):
-    """Whether Pushpin is asking what follows the last event a held stream has."""
-    return proxied(request) and "Grip-Last" in request.headers
-
-
 def hold_headers(request, channel, last_id):
     """The instructions that make Pushpin keep the stream open after the response's body;
     repeated in full in every answer to a recovery, which replaces them.

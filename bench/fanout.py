@@ -20,6 +20,7 @@ import json
 import multiprocessing
 import statistics
 import time
+from urllib.parse import urlsplit
 
 import psutil
 import redis.asyncio
@@ -147,7 +148,8 @@ async def fan_out(n, runs, args, headers, live, proxy):
     opened = sum(c.opened.result() for c in clients)
     await asyncio.sleep(1)
     rss, threads = footprint(web)
-    held = {"redis": connections(web, 6379), "database": database_handles(web)}
+    redis_port = urlsplit(live.env["REDIS_URL"]).port or 6379
+    held = {"redis": connections(web, redis_port), "database": database_handles(web)}
     proxy_kb = (proxy_rss(proxy) - idle_proxy) / 1024 / n
     if proxy:
         # Pushpin asks the web process once for each newly subscribed channel, ten a second,

@@ -13,7 +13,7 @@ from django.test import override_settings
 from agents import stream
 from agents.models import Run
 
-from conftest import bearer, new_thread, wait_for_status
+from conftest import bearer, new_thread, start, wait_for_status
 from live import Live
 from pushpin import Pushpin
 from sse import assert_transcript, follow, follow_resuming
@@ -60,14 +60,6 @@ def behind_pushpin(grip_redis, django_db_setup, django_db_blocker, tmp_path_fact
 @pytest.fixture
 def api(behind_pushpin, transactional_db, alice):
     return bearer(alice)
-
-
-def start(via, headers, thread, message="Tell me something"):
-    r = httpx.post(
-        f"{via.base_url}/api/threads/{thread.pk}/runs/", json={"message": message}, headers=headers
-    )
-    assert r.status_code == 202, r.text
-    return r.json()["id"]
 
 
 def test_it_streams_a_run_through_pushpin(behind_pushpin, api, alice):
