@@ -11,10 +11,6 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("RELAY_VAR_DIR", BASE_DIR / "var"))
 VAR_DIR.mkdir(exist_ok=True)
 
-# pytest (8.2 and later) sets PYTEST_VERSION; the test suite and the worker and web processes it
-# starts then use a Redis database of their own, so a developer's worker never takes their tasks.
-TESTING = "PYTEST_VERSION" in os.environ
-
 
 def env(name, default=None):
     return os.environ.get(name, default)
@@ -159,7 +155,8 @@ LOGGING = {
 }
 
 # Redis: the Celery broker, the run event logs, live fan-out and stop flags.
-REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/15" if TESTING else "redis://127.0.0.1:6379/0")
+# (the test session starts a redis-server of its own: tests/conftest.py)
+REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
 _redis = urlparse(REDIS_URL)
 EVENTSTREAM_REDIS = {
     "host": _redis.hostname or "127.0.0.1",
