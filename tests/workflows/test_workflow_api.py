@@ -154,3 +154,27 @@ def test_it_refuses_an_input_larger_than_a_message(alice_api, workflow):
          " of 32768"}
     ]  # fmt: skip
     assert saved() == before
+
+
+def test_a_start_refused_over_the_active_run_cap_saves_nothing(alice_api, workflow, settings):
+    settings.RUN_MAX_ACTIVE_PER_USER = 0
+    before = saved()
+    r = alice_api.post(f"/api/workflows/{workflow.pk}/runs/", {"inputs": {"a": 1}}, format="json")
+    assert r.status_code == 429
+    assert saved() == before
+
+
+def test_a_start_refused_on_a_busy_thread_saves_nothing(alice_api, workflow, no_queue):
+    url = f"/api/workflows/{workflow.pk}/runs/"
+    first = alice_api.post(url, {"inputs": {"a": 1}}, format="json").data
+    before = saved()
+    r = alice_api.post(url, {"inputs": {"a": 1}, "thread": first["thread"]}, format="json")
+    assert r.status_code == 409
+    assert saved() == before
+
+
+def test_a_start_refused_for_its_inputs_saves_nothing(alice_api, workflow):
+    before = saved()
+    r = alice_api.post(f"/api/workflows/{workflow.pk}/runs/", {"inputs": {}}, format="json")
+    assert r.status_code == 400
+    assert saved() == before
