@@ -169,7 +169,7 @@ REDIS_POOL_SIZE = env_int("REDIS_POOL_SIZE", 50)  # connections per process
 
 # Runs.
 RUN_MAX_ACTIVE_PER_USER = env_int("RUN_MAX_ACTIVE_PER_USER", 10)
-RUN_MESSAGE_MAX_BYTES = env_int("RUN_MESSAGE_MAX_BYTES", 32 * 1024)
+RUN_MESSAGE_MAX_BYTES = env_int("RUN_MESSAGE_MAX_BYTES", 32 * 1024)  # and workflow renders
 RUN_MAX_TURNS = env_int("RUN_MAX_TURNS", 8)
 RUN_TIME_LIMIT = env_int("RUN_TIME_LIMIT", 15 * 60)  # seconds a run may take
 RUN_LEASE_SECONDS = env_float("RUN_LEASE_SECONDS", 30)  # a run whose lease lapses is reaped
