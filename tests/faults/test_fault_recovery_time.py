@@ -14,12 +14,7 @@ from agents.models import Run
 from conftest import logged, new_thread, wait_for, wait_for_status
 from live import Live
 
-pytestmark = [
-    pytest.mark.faults,
-    pytest.mark.e2e,
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.timeout(180),
-]
+pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 RECOVERY_SECONDS = 30  # the promise: a killed worker's run ends within this long
 DEFAULTS_OF = ("RUN_LEASE_SECONDS", "RUN_HEARTBEAT_SECONDS", "RUN_REAPER_SECONDS")
