@@ -172,9 +172,11 @@ RUN_MAX_ACTIVE_PER_USER = env_int("RUN_MAX_ACTIVE_PER_USER", 10)
 RUN_MESSAGE_MAX_BYTES = env_int("RUN_MESSAGE_MAX_BYTES", 32 * 1024)  # and workflow renders
 RUN_MAX_TURNS = env_int("RUN_MAX_TURNS", 8)
 RUN_TIME_LIMIT = env_int("RUN_TIME_LIMIT", 15 * 60)  # seconds a run may take
-RUN_LEASE_SECONDS = env_float("RUN_LEASE_SECONDS", 30)  # a run whose lease lapses is reaped
-RUN_HEARTBEAT_SECONDS = env_float("RUN_HEARTBEAT_SECONDS", 10)  # how often workers renew leases
-RUN_REAPER_SECONDS = env_float("RUN_REAPER_SECONDS", 15)  # how often beat sends the reaper
+# A killed worker's run ends within lease + reaper period (25 s, under the 30 s promised); a
+# lease outlives three missed renewals (a 15 s stall), each renewal one UPDATE per process.
+RUN_LEASE_SECONDS = env_float("RUN_LEASE_SECONDS", 20)  # a run whose lease lapses is reaped
+RUN_HEARTBEAT_SECONDS = env_float("RUN_HEARTBEAT_SECONDS", 5)  # how often workers renew leases
+RUN_REAPER_SECONDS = env_float("RUN_REAPER_SECONDS", 5)  # how often beat sends the reaper
 RUN_REQUEUE_SECONDS = env_float("RUN_REQUEUE_SECONDS", 120)  # unclaimed that long: enqueue again
 RUN_INTERRUPT_WAIT = env_float("RUN_INTERRUPT_WAIT", 5)  # how long "interrupt" waits for a stop
 RUN_DELTA_SECONDS = env_float("RUN_DELTA_SECONDS", 0.05)  # message.delta coalescing window
