@@ -20,7 +20,8 @@ from redis_server import RedisServer
 # connected: pytest-django has loaded the settings, but no client, listener or Celery
 # connection exists yet. The web and worker processes the tests start inherit REDIS_URL.
 SESSION_REDIS = RedisServer()
-atexit.register(SESSION_REDIS.stop)
+if not SESSION_REDIS.dies_with_parent:  # else it ends with this process, after its threads
+    atexit.register(SESSION_REDIS.stop)
 os.environ["REDIS_URL"] = settings.REDIS_URL = settings.CELERY_BROKER_URL = SESSION_REDIS.url
 settings.EVENTSTREAM_REDIS = {**settings.EVENTSTREAM_REDIS, "port": SESSION_REDIS.port, "db": 0}
 

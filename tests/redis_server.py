@@ -30,6 +30,8 @@ def _die_with_parent():
 
 
 class RedisServer:
+    dies_with_parent = _prctl is not None
+
     def __init__(self, directory=None):
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed: run `bin/services redis` (or make)")

@@ -52,7 +52,11 @@ class WorkflowLoop(RunLoop):
         try:
             output = getattr(self, f"_{step['type']}_step")(step, context)
         except Stopped:
-            self._record(step, index, StepRun.Status.STOPPED, started=started)
+            if self.lease.expired:  # cut off at the run's deadline: the step failed with it
+                self._record(step, index, StepRun.Status.FAILED, error=self._over_time(),
+                             started=started)  # fmt: skip
+            else:
+                self._record(step, index, StepRun.Status.STOPPED, started=started)
             raise
         except Exception as exc:  # a model, a tool or a condition: the step fails, named
             error = str(exc)
@@ -62,6 +66,8 @@ class WorkflowLoop(RunLoop):
         return output
 
     def _record(self, step, index, status, output=None, error="", reused=False, started=None):
+        if not self.lease.held():  # the run is someone else's now: write nothing
+            return
         with db():
             record, _ = StepRun.objects.update_or_create(
                 run=self.run,

@@ -8,6 +8,7 @@ from agents import runner, services, tasks
 from agents.models import Agent, Run
 from workflows.models import Workflow
 
+import fakellm
 from examples import THREE_STEPS
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -79,3 +80,22 @@ def test_a_step_whose_prompt_renders_past_the_message_limit_fails_naming_it(alic
     )
     assert [s.status for s in run.steps.all()] == ["completed", "failed"]
     assert [m.content for m in run.messages.filter(role="user")] == ["Write"]
+
+
+def test_a_step_cut_off_at_the_time_limit_fails_with_the_run(alice, settings):
+    settings.RUN_TIME_LIMIT = 1
+    with fakellm.FakeLLM() as fake:
+        settings.LLM_BASE_URL = fake.base_url
+        fake.script(silent=True)  # takes the request, then says nothing
+        agent = Agent.objects.create(owner=alice, name="Remote", model="gpt-remote")
+        definition = {
+            "inputs": [],
+            "steps": [{"id": "ask", "type": "agent", "agent": agent.pk, "prompt": "Hi"}],
+        }
+        workflow = Workflow.objects.create(owner=alice, name="W", definition=definition)
+        run = services.workflow_start(user=alice, workflow=workflow, inputs={})
+        runner.execute(run.pk)
+    run.refresh_from_db()
+    over = "the run took longer than its time limit (1 s)"
+    assert (run.status, run.error) == (Run.Status.FAILED, over)
+    assert [(s.status, s.error) for s in run.steps.all()] == [("failed", over)]
