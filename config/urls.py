@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
 
@@ -23,4 +24,6 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/", include("agents.urls")),
     path("admin/", admin.site.urls),
+    # browsers ask for it whatever the page links, and the admin's pages link none
+    path("favicon.ico", RedirectView.as_view(url=static("relay/icon.svg"))),
 ]

@@ -97,6 +97,13 @@ def test_it_creates_renames_lists_and_deletes_threads(alice_api, alice):
     assert alice_api.delete(f"/api/threads/{thread_id}/").status_code == 204
 
 
+def test_it_answers_a_new_thread_with_active_run_as_get_does(alice_api):
+    r = alice_api.post("/api/threads/", {}, format="json")
+    assert r.status_code == 201
+    assert r.data == alice_api.get(f"/api/threads/{r.data['id']}/").data
+    assert r.data["active_run"] is None
+
+
 def test_it_refuses_to_delete_a_thread_with_an_active_run(alice_api, thread):
     run_id = start(alice_api, thread).data["id"]
     assert alice_api.get(f"/api/threads/{thread.pk}/").data["active_run"] == run_id
