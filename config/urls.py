@@ -5,6 +5,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from agents import views
+from agents.auth import LoginForm
 from scheduling import views as schedule_views
 from workflows import views as workflow_views
 
@@ -20,7 +21,7 @@ urlpatterns = [
     path("workflows/<int:pk>/", workflow_views.workflow_detail, name="workflow"),
     path("workflows/runs/<uuid:run_id>/", workflow_views.workflow_run, name="workflow-run"),
     path("schedules/", schedule_views.schedule_list, name="schedules"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("login/", auth_views.LoginView.as_view(authentication_form=LoginForm), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/", include("agents.urls")),
     path("admin/", admin.site.urls),

@@ -4,11 +4,10 @@ import time
 
 import httpx
 import pytest
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from agents import stream, tasks
-from agents.models import Run, Thread
+from agents.models import ApiKey, Run, Thread
 
 from live import Live
 
@@ -43,7 +42,7 @@ def bob(django_user_model):
 
 def client_for(user):
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {ApiKey.issue(owner=user)[1]}")
     return client
 
 
@@ -83,7 +82,7 @@ def live(django_db_setup, django_db_blocker, tmp_path_factory):
 
 
 def bearer(user):
-    return {"Authorization": f"Bearer {Token.objects.create(user=user).key}"}
+    return {"Authorization": f"Bearer {ApiKey.issue(owner=user)[1]}"}
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from agents import services, stream
-from agents.models import Agent, Run, Thread
+from agents.models import Agent, ApiKey, Run, Thread
 
 pytestmark = pytest.mark.django_db
 
@@ -127,9 +127,7 @@ def test_it_starts_a_run(alice_api, thread):
 
 
 def test_it_accepts_bearer_and_token_keys_and_refuses_bad_ones(alice, thread):
-    from rest_framework.authtoken.models import Token
-
-    key = Token.objects.create(user=alice).key
+    _, key = ApiKey.issue(owner=alice)
     client = APIClient()
     for header in [f"Bearer {key}", f"Token {key}"]:
         assert client.get("/api/threads/", HTTP_AUTHORIZATION=header).status_code == 200
