@@ -51,9 +51,10 @@ def refused_for(*, username=None, address=None):
 
 def failed(*, username=None, address=None):
     """Count a failed login or key. The window starts at the first failure and is not
-    extended by the next ones, so a refusal ends when it says."""
+    extended by the next ones, so a refusal ends when it says. In one transaction: were the
+    key to expire between the SET and the INCR, the INCR would make one that never expires."""
     try:
-        pipe = stream.client().pipeline(transaction=False)
+        pipe = stream.client().pipeline(transaction=True)
         for key in _keys(username, address):
             pipe.set(key, 0, ex=settings.AUTH_FAILURE_WINDOW, nx=True).incr(key)
         pipe.execute()
@@ -93,9 +94,8 @@ class TokenAuthentication(authentication.BaseAuthentication):
         address = client_address(request)
         wait = refused_for(address=address)
         if wait:
-            raise exceptions.Throttled(
-                wait, f"Too many failed authentications; try again in {wait_text(wait)}."
-            )
+            # DRF adds "Expected available in <wait> seconds." and the Retry-After header
+            raise exceptions.Throttled(wait, "Too many failed authentications from this address.")
         if len(auth) != 2:
             raise exceptions.AuthenticationFailed("Invalid token header: give one key.")
         try:
