@@ -11,10 +11,6 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("RELAY_VAR_DIR", BASE_DIR / "var"))
 VAR_DIR.mkdir(exist_ok=True)
 
-# pytest (8.2 and later) sets PYTEST_VERSION; the test suite and the worker and web processes it
-# starts then use a Redis database of their own, so a developer's worker never takes their tasks.
-TESTING = "PYTEST_VERSION" in os.environ
-
 
 def env(name, default=None):
     return os.environ.get(name, default)
@@ -163,7 +159,8 @@ LOGGING = {
 }
 
 # Redis: the Celery broker, the run event logs, live fan-out and stop flags.
-REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/15" if TESTING else "redis://127.0.0.1:6379/0")
+# (the test session starts a redis-server of its own: tests/conftest.py)
+REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
 _redis = urlparse(REDIS_URL)
 EVENTSTREAM_REDIS = {
     "host": _redis.hostname or "127.0.0.1",
@@ -176,7 +173,7 @@ REDIS_POOL_SIZE = env_int("REDIS_POOL_SIZE", 50)  # connections per process
 
 # Runs.
 RUN_MAX_ACTIVE_PER_USER = env_int("RUN_MAX_ACTIVE_PER_USER", 10)
-RUN_MESSAGE_MAX_BYTES = env_int("RUN_MESSAGE_MAX_BYTES", 32 * 1024)
+RUN_MESSAGE_MAX_BYTES = env_int("RUN_MESSAGE_MAX_BYTES", 32 * 1024)  # and workflow renders
 RUN_MAX_TURNS = env_int("RUN_MAX_TURNS", 8)
 RUN_TIME_LIMIT = env_int("RUN_TIME_LIMIT", 15 * 60)  # seconds a run may take
 RUN_LEASE_SECONDS = env_float("RUN_LEASE_SECONDS", 30)  # a run whose lease lapses is reaped
