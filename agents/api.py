@@ -148,6 +148,8 @@ class ThreadViewSet(
             serializer.save(owner=user)
         else:
             serializer.save(owner=user, agent=user.agents.first())
+        # the queryset's annotation is missing from a fresh instance: the answer would lack it
+        serializer.instance.active_run = None
 
     def perform_destroy(self, thread):
         services.thread_delete(thread=thread)

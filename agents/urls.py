@@ -4,7 +4,7 @@ from rest_framework.routers import SimpleRouter
 from scheduling.api import ScheduleViewSet
 from workflows.api import WorkflowViewSet
 
-from . import api, events
+from . import api, events, keys
 
 router = SimpleRouter()
 router.register("agents", api.AgentViewSet, basename="agent")
@@ -12,6 +12,7 @@ router.register("threads", api.ThreadViewSet, basename="thread")
 router.register("runs", api.RunViewSet, basename="run")
 router.register("workflows", WorkflowViewSet, basename="workflow")
 router.register("schedules", ScheduleViewSet, basename="schedule")
+router.register("keys", keys.ApiKeyViewSet, basename="apikey")
 
 urlpatterns = [
     path("runs/<uuid:run_id>/events/", events.run_events, name="run-events"),

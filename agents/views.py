@@ -3,6 +3,7 @@ runs through the JSON API and follows them on the SSE stream."""
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
 from django.db.models import OuterRef, Subquery
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -10,14 +11,16 @@ from django.views.decorators.http import require_POST
 from . import services
 from .models import Message, Run
 
+CHATS_PER_PAGE = 50
+
 
 @login_required
 def chat_list(request):
     active = Run.objects.active().filter(thread=OuterRef("pk")).values("status")[:1]
     threads = request.user.threads.select_related("agent").annotate(active_status=Subquery(active))
-    return render(
-        request, "chats/list.html", {"threads": threads, "agents": request.user.agents.all()}
-    )
+    # get_page: a page number that is not one (abc, 99) shows the first or the last page
+    page = Paginator(threads, CHATS_PER_PAGE).get_page(request.GET.get("page"))
+    return render(request, "chats/list.html", {"page": page, "agents": request.user.agents.all()})
 
 
 @login_required

@@ -58,7 +58,6 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
     "django_eventstream",
     "django_celery_beat",
     "agents",
@@ -128,6 +127,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
+# Failed logins (pages, admin) and failed API keys: past the limit in the window, for one
+# username or from one client address, refused (429 on the API) until the window has passed.
+AUTH_FAILURE_LIMIT = env_int("AUTH_FAILURE_LIMIT", 10)
+AUTH_FAILURE_WINDOW = env_int("AUTH_FAILURE_WINDOW", 15 * 60)  # seconds
+API_KEYS_MAX_PER_USER = env_int("API_KEYS_MAX_PER_USER", 50)  # keys one user may hold
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chats"
 LOGOUT_REDIRECT_URL = "login"

@@ -7,7 +7,6 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from django.conf import settings
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from config.celery import app as celery_app
@@ -26,7 +25,7 @@ os.environ["REDIS_URL"] = settings.REDIS_URL = settings.CELERY_BROKER_URL = SESS
 settings.EVENTSTREAM_REDIS = {**settings.EVENTSTREAM_REDIS, "port": SESSION_REDIS.port, "db": 0}
 
 from agents import stream, tasks  # noqa: E402  (after the settings above)
-from agents.models import Run, Thread  # noqa: E402
+from agents.models import ApiKey, Run, Thread  # noqa: E402
 
 pytest.register_assert_rewrite("sse")  # its assertions on transcripts say what differs
 
@@ -61,7 +60,7 @@ def bob(django_user_model):
 
 def client_for(user):
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {ApiKey.issue(owner=user)[1]}")
     return client
 
 
@@ -101,7 +100,7 @@ def live(django_db_setup, django_db_blocker, tmp_path_factory):
 
 
 def bearer(user):
-    return {"Authorization": f"Bearer {Token.objects.create(user=user).key}"}
+    return {"Authorization": f"Bearer {ApiKey.issue(owner=user)[1]}"}
 
 
 @pytest.fixture
