@@ -76,9 +76,9 @@ def local_server():
 
 
 class DripServer(socketserver.ThreadingTCPServer):
-    """Answers every request with a status line, then one header byte a second for up to 20 s:
-    each read gets a byte well within any socket timeout, so only a deadline on the whole
-    request ends it."""
+    """Answers every request with a status line, then one header byte every half second for up
+    to 20 s: each read gets a byte well within any socket timeout, so only a deadline on the
+    whole request ends it."""
 
     daemon_threads = True
     request_queue_size = 64
@@ -97,8 +97,8 @@ class DripHandler(socketserver.BaseRequestHandler):
         self.request.recv(65536)
         try:
             self.request.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-            for _ in range(20):
-                if self.server.closing.wait(1):
+            for _ in range(40):
+                if self.server.closing.wait(0.5):
                     return
                 self.request.sendall(b"x")
         except OSError:  # the client gave up
