@@ -194,15 +194,31 @@ class RunLoop:
                         message.delete()
         return message
 
-    def _call_tool(self, call, agent):
-        stream.emit(
-            self.run.pk,
-            "tool.started",
-            call=call["id"],
-            name=call["name"],
-            arguments=call["arguments"],
+    def _run_tool(self, call, name, arguments, allowed):
+        """Announce the tool call and run it. A stop ends the run at once, without waiting for
+        the tool: its late result is dropped, and the call stays unanswered (history_messages
+        leaves such calls out), so nothing of it is written after the terminal status."""
+        stream.emit(self.run.pk, "tool.started", call=call, name=name, arguments=arguments)
+        result = tools.call(
+            name,
+            arguments,
+            allowed=allowed,
+            user=self.run.owner_id,
+            run=self.run.pk,
+            stop=self.stop,
         )
-        result = tools.call(call["name"], call["arguments"], allowed=agent.tools)
+        if self.stop.is_set():
+            if self.lease.held():  # a lost run is someone else's to end
+                error = "the run was stopped before the tool finished"
+                if self.lease.expired:
+                    error = "the run reached its time limit before the tool finished"
+                stream.emit(self.run.pk, "tool.done", call=call, name=name, output=None,
+                            error=error)  # fmt: skip
+            raise Stopped
+        return result
+
+    def _call_tool(self, call, agent):
+        result = self._run_tool(call["id"], call["name"], call["arguments"], agent.tools)
         output, error = clean(result.output), clean(result.error)
         with db():
             message = self.thread.append_message(

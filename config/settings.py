@@ -199,6 +199,10 @@ LLM_MODEL = env("LLM_MODEL", "demo")
 LLM_TIMEOUT = env_float("LLM_TIMEOUT", 120)
 TOOLS_HTTP_ALLOWED_HOSTS = env_list("TOOLS_HTTP_ALLOWED_HOSTS")
 TOOLS_HTTP_ALLOW_PRIVATE = env_bool("TOOLS_HTTP_ALLOW_PRIVATE", False)
+# Tool calls in progress at once per worker process, for one user and for one run (a call that
+# timed out counts until its tool returns); beyond them a call fails at once with the reason.
+TOOLS_MAX_CALLS_PER_USER = env_int("TOOLS_MAX_CALLS_PER_USER", 16)
+TOOLS_MAX_CALLS_PER_RUN = env_int("TOOLS_MAX_CALLS_PER_RUN", 4)
 
 # Celery: runs are acknowledged when they end, and a worker holds many at once in threads,
 # since they spend their life waiting on the model.

@@ -6,7 +6,7 @@ import json
 
 from django.utils import timezone
 
-from agents import stream, tools
+from agents import stream
 from agents.models import Agent, Message
 from agents.runner import RunFailed, RunLoop, Stopped, db, history_messages
 
@@ -87,9 +87,8 @@ class WorkflowLoop(RunLoop):
     def _tool_step(self, step, context):
         arguments = json.dumps(render_arguments(step.get("arguments", {}), context))
         call = f"step-{step['id']}"
-        stream.emit(self.run.pk, "tool.started", call=call, name=step["tool"], arguments=arguments)
         # the author named the tool in the definition: that is its permission
-        result = tools.call(step["tool"], arguments, allowed=[step["tool"]])
+        result = self._run_tool(call, step["tool"], arguments, allowed=[step["tool"]])
         stream.emit(self.run.pk, "tool.done", call=call, name=step["tool"],
                     output=result.output, error=result.error)  # fmt: skip
         if result.error is not None:
