@@ -8,7 +8,7 @@ from rest_framework.response import Response
 
 from . import services, tools
 from .models import Agent, Message, Run, Thread
-from .parsers import object_id
+from .parsers import integer, object_id
 
 
 class OwnedPrimaryKeyField(serializers.PrimaryKeyRelatedField):
@@ -19,12 +19,12 @@ class OwnedPrimaryKeyField(serializers.PrimaryKeyRelatedField):
 
     def to_internal_value(self, data):
         # checked before the query, which would take 1.5 as id 1
-        pk = object_id(data)
-        if pk is None:
-            if type(data) is int:
-                self.fail("does_not_exist", pk_value=data)
+        number = integer(data)
+        if number is None:
             self.fail("incorrect_type", data_type=type(data).__name__)
-        return super().to_internal_value(pk)
+        if object_id(number) is None:
+            self.fail("does_not_exist", pk_value=data)
+        return super().to_internal_value(number)
 
 
 class DemoConfigSerializer(serializers.Serializer):

@@ -16,14 +16,18 @@ _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}:]')
 MAX_ID = 2**63 - 1  # ids are PostgreSQL bigints (DEFAULT_AUTO_FIELD is BigAutoField)
 
 
+def integer(value):
+    """`value` as an int if it is one, or ASCII digits as a form sends them; else None (1.5,
+    which the ORM would take as 1, 1e999, true, "²")."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value) if len(value) < 20 else MAX_ID + 1  # no int() of a million digits
+    return value if type(value) is int else None
+
+
 def object_id(value):
-    """`value` (an int, or ASCII digits as a form sends them) as an id that can exist; None for
-    anything else: 1.5 (which the ORM would take as 1), 1e999, true, 2**63, "²"."""
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 20:
-        value = int(value)
-    if type(value) is int and 0 < value <= MAX_ID:
-        return value
-    return None
+    """`value` as an id that can exist, else None."""
+    number = integer(value)
+    return number if number is not None and 0 < number <= MAX_ID else None
 
 
 class UnstorableJSON(ValueError):

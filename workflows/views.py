@@ -20,21 +20,18 @@ def workflow_list(request):
 def workflow_detail(request, pk):
     workflow = get_object_or_404(request.user.workflows, pk=pk)
     fields = [{**field, "value": field.get("default")} for field in workflow.inputs]
-    errors, status = [], 200
+    errors = []
     if request.method == "POST":
         inputs, errors = form_inputs(workflow.inputs, request.POST)
         for field in fields:
             field["value"] = request.POST.get(field["name"], "")
-        if errors:
-            status = 400
-        else:
+        if not errors:
             try:
                 run = services.workflow_start(
                     user=request.user, workflow=workflow, inputs=inputs, trigger=Run.Trigger.MANUAL
                 )
             except services.ServiceError as exc:
                 errors = exc.extra.get("inputs") or [{"path": "", "message": exc.message}]
-                status = exc.status
             else:
                 return redirect("workflow-run", run_id=run.pk)
     return render(
@@ -46,7 +43,6 @@ def workflow_detail(request, pk):
             "errors": errors,
             "runs": workflow.runs.all()[:20],
         },
-        status=status,
     )
 
 
