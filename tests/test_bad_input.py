@@ -1,6 +1,7 @@
-"""Bad input answers 400 naming the field and the reason, and saves nothing: ids that are not
-ids, text that is not text, JSON that PostgreSQL's jsonb cannot hold, nesting without bound, and
-the same through the pages' forms. Each payload was a 500 once (most only on PostgreSQL)."""
+"""Bad input answers 400 naming the field and the reason (the run form: the form again, with
+it), and saves nothing: ids that are not ids, text that is not text, JSON that PostgreSQL's jsonb
+cannot hold, nesting without bound, and the same through the pages' forms. Most of these
+answered 500 before, some only on PostgreSQL."""
 
 import json
 
