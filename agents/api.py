@@ -1,7 +1,5 @@
 """The JSON API: agents, threads, their messages, and runs (start, get, list, stop)."""
 
-import json
-
 from django.conf import settings
 from django.db.models import OuterRef, Subquery
 from rest_framework import mixins, serializers, status, viewsets
@@ -10,6 +8,7 @@ from rest_framework.response import Response
 
 from . import services, tools
 from .models import Agent, Message, Run, Thread
+from .parsers import integer, object_id
 
 
 class OwnedPrimaryKeyField(serializers.PrimaryKeyRelatedField):
@@ -17,6 +16,15 @@ class OwnedPrimaryKeyField(serializers.PrimaryKeyRelatedField):
 
     def get_queryset(self):
         return super().get_queryset().filter(owner=self.context["request"].user)
+
+    def to_internal_value(self, data):
+        # checked before the query, which would take 1.5 as id 1
+        number = integer(data)
+        if number is None:
+            self.fail("incorrect_type", data_type=type(data).__name__)
+        if object_id(number) is None:
+            self.fail("does_not_exist", pk_value=data)
+        return super().to_internal_value(number)
 
 
 class DemoConfigSerializer(serializers.Serializer):
@@ -50,8 +58,6 @@ class AgentSerializer(serializers.ModelSerializer):
         return list(dict.fromkeys(value))
 
     def validate_config(self, value):
-        if "\\u0000" in json.dumps(value):  # PostgreSQL's jsonb cannot store it
-            raise serializers.ValidationError("Null characters are not allowed.")
         demo = DemoConfigSerializer(data=value.get("demo", {}))
         if not demo.is_valid():
             raise serializers.ValidationError({"demo": demo.errors})

@@ -5,11 +5,14 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import OuterRef, Subquery
+from django.http import HttpResponseBadRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from . import services
 from .models import Message, Run
+from .parsers import object_id
 
 CHATS_PER_PAGE = 50
 
@@ -26,7 +29,10 @@ def chat_list(request):
 @login_required
 @require_POST
 def chat_create(request):
-    agent = get_object_or_404(request.user.agents, pk=request.POST.get("agent") or 0)
+    pk = object_id(request.POST.get("agent", ""))
+    if pk is None:
+        return HttpResponseBadRequest("agent: expected the id of one of your agents.")
+    agent = get_object_or_404(request.user.agents, pk=pk)
     thread = request.user.threads.create(agent=agent)
     return redirect("chat", pk=thread.pk)
 
@@ -54,9 +60,12 @@ def chat_messages(request, pk):
 @require_POST
 def chat_rename(request, pk):
     thread = get_object_or_404(request.user.threads, pk=pk)
+    next_url = request.POST.get("next", "")
+    if next_url and not is_local_path(next_url):
+        return HttpResponseBadRequest("next: expected a path on this site.")
     thread.title = request.POST.get("title", "").strip()[:200]
     thread.save(update_fields=["title", "updated"])
-    return redirect(request.POST.get("next") or "chat", pk=thread.pk)
+    return HttpResponseRedirect(next_url) if next_url else redirect("chat", pk=thread.pk)
 
 
 @login_required
@@ -70,6 +79,16 @@ def chat_delete(request, pk):
         return redirect("chat", pk=pk)
     messages.success(request, f"Deleted “{thread}”.")
     return redirect("chats")
+
+
+def is_local_path(url):
+    """A path on this site: never another host (an open redirect), nor a relative URL, nor a
+    control character (a newline would break the Location header)."""
+    return (
+        url.startswith("/")
+        and url.isprintable()
+        and url_has_allowed_host_and_scheme(url, allowed_hosts=None)
+    )
 
 
 def chat_runs(thread):

@@ -226,6 +226,9 @@ CELERY_BEAT_SCHEDULE = {
 }
 CELERY_TIMEZONE = "UTC"
 
+# Deepest nesting of arrays and objects in a request's JSON (400 beyond it).
+JSON_MAX_DEPTH = env_int("JSON_MAX_DEPTH", 32)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "agents.auth.TokenAuthentication",
@@ -234,6 +237,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "agents.http.Pagination",
     "EXCEPTION_HANDLER": "agents.http.exception_handler",
+    # JSON only, and only what PostgreSQL can store (agents/parsers.py)
+    "DEFAULT_PARSER_CLASSES": ["agents.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
     + (["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
 }
