@@ -183,6 +183,8 @@ RUN_INTERRUPT_WAIT = env_float("RUN_INTERRUPT_WAIT", 5)  # how long "interrupt" 
 RUN_DELTA_SECONDS = env_float("RUN_DELTA_SECONDS", 0.05)  # message.delta coalescing window
 RUN_EVENTS_MAXLEN = env_int("RUN_EVENTS_MAXLEN", 10_000)  # events kept per run log
 RUN_EVENTS_RETENTION = env_int("RUN_EVENTS_RETENTION", 3600)  # seconds a log lives after its run
+RUN_EVENTS_MAX_BYTES = env_int("RUN_EVENTS_MAX_BYTES", 1024 * 1024)  # a run log's cap (oldest go)
+RUN_EVENTS_RETAINED_PER_USER = env_int("RUN_EVENTS_RETAINED_PER_USER", 20)  # ended runs' logs kept
 SSE_KEEPALIVE_SECONDS = env_float("SSE_KEEPALIVE_SECONDS", 15)
 # Pushpin's control URL (e.g. http://127.0.0.1:5561): GRIP mode, docs/deploy.md
 GRIP_URL = env("GRIP_URL", "")

@@ -126,3 +126,17 @@ def assert_transcript(events, run_id):
     assert [(m["id"], m["content"]) for m in done] == [(m.id, m.content) for m in saved]
     replies = saved.filter(role=Message.Role.ASSISTANT)
     assert text_of(events) == "".join(m.content for m in replies)
+
+
+def assert_no_silent_gap(events, run_id):
+    """A client's whole stream of a run has no gap it was not told of: either the exact
+    transcript, or ids consecutive from 1 up to a `stream-reset` (which makes a client reload
+    the run from the database) and from the reset's id on after it; the run's status last."""
+    resets = [i for i, e in enumerate(events) if e.type == "stream-reset"]
+    if not resets:
+        assert_transcript(events, run_id)
+        return
+    assert_consecutive(events[: resets[0]])
+    for start, end in zip(resets, [*resets[1:], len(events)], strict=True):
+        assert_consecutive(events[start + 1 : end], first=events[start].number + 1)
+    assert events[-1].json["status"] == Run.objects.get(pk=run_id).status

@@ -7,6 +7,9 @@ import pytest
 from django_eventstream.storage import EventDoesNotExist
 
 from agents import stream
+from agents.models import Run
+
+from conftest import new_thread
 
 
 @pytest.fixture
@@ -66,6 +69,7 @@ def test_it_resets_an_id_ahead_of_the_log(storage, channel):
     assert reset.value.current_id == 1
 
 
+@pytest.mark.django_db
 def test_it_keeps_a_finished_runs_log_for_the_retention_window(storage, settings):
     run_id = uuid.uuid4()
     stream.emit(run_id, "run.status", status="queued", error="")
@@ -79,3 +83,74 @@ def test_it_raises_and_reads_stop_flags():
     a, b = str(uuid.uuid4()), str(uuid.uuid4())
     stream.request_stop(a)
     assert stream.stop_flags([a, b]) == {a}
+
+
+def test_a_log_made_again_after_redis_lost_it_numbers_beyond_the_old_one(storage, channel):
+    """A Redis restarted without persistence has no log: the run's next event must not be
+    numbered 1 again, or a client's id from the old log would match an event of the new one."""
+    assert storage.append_event(channel, "run.status", "{}").id == 1
+    assert [storage.append_event(channel, "t", "{}", first=False).id for _ in range(3)] == [2, 3, 4]
+    stream.client().delete(stream.log_key(channel), stream.bytes_key(channel))  # the restart
+    again = storage.append_event(channel, "t", "{}", first=False).id
+    assert again > 4
+    assert storage.append_event(channel, "t", "{}", first=False).id == again + 1
+    # a client at 4 (or at any id of the old log) is told to reload
+    for last in (0, 1, 4):
+        with pytest.raises(EventDoesNotExist) as reset:
+            storage.get_events(channel, last)
+        assert reset.value.current_id == again + 1
+    # and ids stay exact as JavaScript numbers (runs.js compares them with Number())
+    assert again < 2**53
+
+
+def test_it_caps_a_runs_log_in_bytes_and_keeps_the_newest(storage, channel, settings):
+    settings.RUN_EVENTS_MAX_BYTES = 10_000
+    data = "x" * 1000
+    ids = [storage.append_event(channel, "t", data).id for _ in range(100)]
+    assert ids == list(range(1, 101))  # ids go on: the log is trimmed at its oldest end
+    kept = storage.get_events(channel, 95)
+    assert [e.id for e in kept] == [96, 97, 98, 99, 100]
+    with pytest.raises(EventDoesNotExist) as reset:
+        storage.get_events(channel, 0)
+    assert reset.value.current_id == 100
+    entries = stream.client().xrange(stream.log_key(channel))
+    held = sum(len(f["t"]) + len(f["d"]) for _, f in entries)
+    assert held <= 10_000 < held + 1001
+    assert int(stream.client().get(stream.bytes_key(channel))) == held
+    # the two keys live and die together
+    ttl = stream.client().ttl(stream.bytes_key(channel))
+    assert ttl > 0 and abs(ttl - stream.client().ttl(stream.log_key(channel))) <= 1
+
+
+def test_an_event_larger_than_the_cap_stays_only_until_the_next(storage, channel, settings):
+    settings.RUN_EVENTS_MAX_BYTES = 10_000
+    storage.append_event(channel, "t", "small")
+    big = storage.append_event(channel, "message.done", "y" * 50_000)
+    assert [e.id for e in storage.get_events(channel, big.id - 1)] == [big.id]
+    end = storage.append_event(channel, "run.status", "end")
+    assert [e.id for e in storage.get_events(channel, end.id - 1)] == [end.id]
+    assert stream.client().xlen(stream.log_key(channel)) == 1
+    assert int(stream.client().get(stream.bytes_key(channel))) == len("run.status") + 3
+
+
+@pytest.mark.django_db
+def test_it_keeps_the_logs_of_one_users_newest_ended_runs_only(settings, alice, bob):
+    settings.RUN_EVENTS_RETAINED_PER_USER = 3
+
+    def ended_run(user):
+        thread = new_thread(user)
+        run = Run.objects.create(owner=user, thread=thread, agent=thread.agent, status="completed")
+        stream.emit(run.pk, "run.status", status="queued", error="")
+        stream.emit(run.pk, "run.status", status="completed", error="")
+        stream.retain(run.pk)
+        return run
+
+    bobs = ended_run(bob)
+    alices = [ended_run(alice) for _ in range(5)]
+    exists = stream.client().exists
+    assert [exists(stream.log_key(r.channel)) for r in alices] == [0, 0, 1, 1, 1]
+    assert not exists(stream.bytes_key(alices[0].channel))
+    assert exists(stream.log_key(bobs.channel))  # another user's are not touched
+    # a client of an evicted run is told to reload from the database, which has all of it
+    with pytest.raises(EventDoesNotExist):
+        stream.StreamStorage().get_events(alices[0].channel, 1)
