@@ -4,6 +4,7 @@ django-eventstream), the events a run emits, and its stop flag."""
 import json
 import logging
 import time
+import uuid
 from functools import cache
 
 import redis
@@ -233,6 +234,46 @@ def is_terminal(event):
     from .models import Run
 
     return event.type == "run.status" and json.loads(event.data)["status"] in Run.TERMINAL
+
+
+# A user's open event streams (direct mode): a sorted set of slot ids, each scored with the time
+# (Redis' clock, in ms) it lapses unless its stream renews it, so the slots of a web process
+# that died free themselves within a lease. ARGV[3] = '1' takes a new slot, if under the cap.
+SLOT = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
+if ARGV[3] == '1' and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+@cache
+def _slot_script():
+    return client().register_script(SLOT)
+
+
+def _slot(user_id, slot, take):
+    # renewed at every keep-alive period at the latest: three of them make a lease
+    lease = int(3000 * settings.SSE_KEEPALIVE_SECONDS)
+    args = [settings.SSE_MAX_STREAMS_PER_USER, lease, int(take), slot]
+    return _slot_script()(keys=[f"relay:streams:{user_id}"], args=args)
+
+
+def stream_slot_take(user_id):
+    """A slot for one more open stream of the user's, or None at SSE_MAX_STREAMS_PER_USER."""
+    slot = uuid.uuid4().hex
+    return slot if _slot(user_id, slot, take=True) else None
+
+
+def stream_slot_renew(user_id, slot):
+    _slot(user_id, slot, take=False)
+
+
+def stream_slot_free(user_id, slot):
+    client().zrem(f"relay:streams:{user_id}", slot)
 
 
 def stop_key(run_id):

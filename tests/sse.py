@@ -1,9 +1,11 @@
 """A small SSE client for the tests: real HTTP to the live web process."""
 
+import http.client
 import json
 import math
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -62,6 +64,25 @@ def events(
         for event in parse(_until(deadline, response.iter_lines(), run_id)):
             if event.type != "stream-open":
                 yield event
+
+
+class OpenStream:
+    """A run's stream opened and left open, unread: `status` is the answer's; close() drops the
+    connection, as a client that goes away does."""
+
+    def __init__(self, base_url, run_id, headers, timeout=10):
+        url = urlsplit(base_url)
+        self.connection = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
+        self.connection.request("GET", f"/api/runs/{run_id}/events/", headers=headers)
+        self.response = self.connection.getresponse()
+        self.status = self.response.status
+
+    def json(self):
+        return json.loads(self.response.read())
+
+    def close(self):
+        self.response.close()
+        self.connection.close()
 
 
 def _until(deadline, lines, run_id):

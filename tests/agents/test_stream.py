@@ -1,15 +1,18 @@
 """The Redis Streams event log behind django-eventstream."""
 
 import threading
+import time
 import uuid
 
+import httpx
 import pytest
 from django_eventstream.storage import EventDoesNotExist
 
 from agents import stream
 from agents.models import Run
 
-from conftest import new_thread
+from conftest import bearer, new_thread, start, wait_for
+from sse import OpenStream
 
 
 @pytest.fixture
@@ -154,3 +157,80 @@ def test_it_keeps_the_logs_of_one_users_newest_ended_runs_only(settings, alice, 
     # a client of an evicted run is told to reload from the database, which has all of it
     with pytest.raises(EventDoesNotExist):
         stream.StreamStorage().get_events(alices[0].channel, 1)
+
+
+def test_a_users_stream_slots_free_themselves_when_not_renewed(settings):
+    """A web process that dies frees nothing: its streams' slots lapse instead."""
+    settings.SSE_MAX_STREAMS_PER_USER = 2
+    settings.SSE_KEEPALIVE_SECONDS = 0.2  # a slot lasts three keep-alive periods unrenewed
+    user = uuid.uuid4().int
+    kept, lost = stream.stream_slot_take(user), stream.stream_slot_take(user)
+    assert kept and lost
+    assert stream.stream_slot_take(user) is None
+    deadline = time.monotonic() + 0.9
+    while time.monotonic() < deadline:
+        stream.stream_slot_renew(user, kept)
+        time.sleep(0.1)
+    third = stream.stream_slot_take(user)  # `lost` has lapsed, `kept` has not
+    assert third
+    assert stream.stream_slot_take(user) is None
+    stream.stream_slot_free(user, kept)
+    assert stream.stream_slot_take(user)
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_it_caps_the_streams_one_user_has_open(live, live_api, alice, bob, settings):
+    cap = settings.SSE_MAX_STREAMS_PER_USER  # the live web process has the default too
+    run_id = start(live, live_api, new_thread(alice, words=2000, delay_ms=50))
+    bobs_api = bearer(bob)
+    bobs_run = start(live, bobs_api, new_thread(bob, words=2000, delay_ms=50))
+    streams = []
+    try:
+        streams += [OpenStream(live.base_url, run_id, live_api) for _ in range(cap)]
+        assert [s.status for s in streams] == [200] * cap
+        refused = OpenStream(live.base_url, run_id, live_api)
+        assert refused.status == 429
+        assert refused.json()["code"] == "too_many_streams"
+        refused.close()
+        # another user is not held back by alice's streams
+        streams.append(OpenStream(live.base_url, bobs_run, bobs_api))
+        assert streams[-1].status == 200
+        began = time.monotonic()
+        assert httpx.get(f"{live.base_url}/api/threads/", headers=bobs_api).status_code == 200
+        assert time.monotonic() - began < 1
+        # a stream that ends gives its slot back
+        streams.pop(0).close()
+
+        def reopened():
+            again = OpenStream(live.base_url, run_id, live_api)
+            if again.status == 200:
+                return again
+            again.close()
+
+        streams.append(wait_for(reopened, timeout=10, message="a freed slot"))
+    finally:
+        for opened in streams:
+            opened.close()
+        for run, api in ((run_id, live_api), (bobs_run, bobs_api)):
+            httpx.post(f"{live.base_url}/api/runs/{run}/stop/", headers=api)
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_it_refuses_a_last_event_id_out_of_range(live, live_api, alice):
+    run_id = start(live, live_api, new_thread(alice, words=2000, delay_ms=50))
+    url = f"{live.base_url}/api/runs/{run_id}/events/"
+    try:
+        for last in (f"run-{run_id}:{2**64}", f"run-{run_id}:{2**63}", "9" * 5000):
+            for request in (
+                {"params": {"lastEventId": last}},
+                {"headers": {"Last-Event-ID": last}},
+            ):
+                headers = {**live_api, **request.get("headers", {})}
+                r = httpx.get(url, headers=headers, params=request.get("params"), timeout=10)
+                assert r.status_code == 400, (last[:40], r.text[:200])
+                assert "Last-Event-ID" in r.json()["detail"]
+                assert r.json()["code"] == "invalid_last_event_id"
+    finally:
+        httpx.post(f"{live.base_url}/api/runs/{run_id}/stop/", headers=live_api)
