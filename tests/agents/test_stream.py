@@ -6,9 +6,10 @@ import uuid
 
 import httpx
 import pytest
+from django.test import override_settings
 from django_eventstream.storage import EventDoesNotExist
 
-from agents import stream
+from agents import services, stream
 from agents.models import Run
 
 from conftest import bearer, new_thread, start, wait_for
@@ -198,7 +199,9 @@ def test_it_caps_the_streams_one_user_has_open(live, live_api, alice, bob, setti
         assert streams[-1].status == 200
         began = time.monotonic()
         assert httpx.get(f"{live.base_url}/api/threads/", headers=bobs_api).status_code == 200
-        assert time.monotonic() - began < 1
+        took = time.monotonic() - began
+        assert took < 1
+        print(f"bob's GET /api/threads/ with alice at {cap} streams: {took * 1000:.0f} ms")
         # a stream that ends gives its slot back
         streams.pop(0).close()
 
@@ -234,3 +237,31 @@ def test_it_refuses_a_last_event_id_out_of_range(live, live_api, alice):
                 assert r.json()["code"] == "invalid_last_event_id"
     finally:
         httpx.post(f"{live.base_url}/api/runs/{run_id}/stop/", headers=live_api)
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_one_users_big_runs_keep_at_most_the_bound_in_redis(live, alice, settings):
+    """The issue's case: 30 runs of a 100,000-word reply (about 1.4 MB of events each, 50 MB
+    in all before the cap) keep at most RUN_EVENTS_RETAINED_PER_USER logs of RUN_EVENTS_MAX_BYTES
+    once they have ended (the live processes have the default settings, as this one)."""
+    with override_settings(RUN_MAX_ACTIVE_PER_USER=30):
+        runs = [
+            services.run_start(user=alice, thread=new_thread(alice, 100_000), message="Go").pk
+            for _ in range(30)
+        ]
+    ended = Run.objects.filter(pk__in=runs, status=Run.Status.COMPLETED)
+    wait_for(lambda: ended.count() == 30, timeout=120, message="the 30 runs to complete")
+    r = stream.client()
+
+    def kept():  # a run's log is retained just after its row says it ended
+        logs = [stream.log_key(f"run-{run}") for run in runs]
+        logs = [key for key in logs if r.exists(key)]
+        return logs if len(logs) <= settings.RUN_EVENTS_RETAINED_PER_USER else None
+
+    logs = wait_for(kept, timeout=10, message="the ended runs' logs to be retained")
+    assert len(logs) == settings.RUN_EVENTS_RETAINED_PER_USER
+    held = sum(r.memory_usage(key, samples=0) for key in logs)
+    # Redis spends about 1.2-1.3 bytes of memory per byte of events kept
+    assert held < 1.4 * settings.RUN_EVENTS_MAX_BYTES * settings.RUN_EVENTS_RETAINED_PER_USER
+    print(f"30 runs of alice's keep {len(logs)} logs: {held / 2**20:.1f} MiB of Redis")
