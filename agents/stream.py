@@ -21,13 +21,15 @@ log = logging.getLogger(__name__)
 STOP_CHANNEL = "relay:run-stop"
 
 # The next id is one more than the last entry's (trimming always keeps the newest), so id and
-# XADD are one atomic step however many processes append to the channel. A log that does not
-# exist yet starts at 1 for a channel's first event (ARGV[8]); for any other it was lost (a Redis
-# restarted without persistence, or evicted): the new log is numbered from the server's clock in
-# milliseconds, beyond every id of the old one, so a client's id from before can never be taken
-# for one of the new log's (it gets stream-reset instead of a silent gap). Such ids stay below
-# 2^53, exact as JavaScript numbers.
-# KEYS[2] counts the bytes of the entries' type and data: once over ARGV[7] (or ARGV[1]
+# XADD are one atomic step however many processes append to the channel, and a run's first
+# event (ARGV[8]) starts its log at 1. Otherwise, when the log is gone (Redis restarted without
+# persistence, or the log was dropped) or was written by another Redis server (KEYS[2] keeps
+# the writer's run_id: a restart that restored it from disk may have lost its last appends, and
+# so may a failover to a replica), the numbering jumps to the server's clock in milliseconds,
+# beyond every id the log had, so a client's id from before is never taken for an event of the
+# new numbering: it gets stream-reset instead of a silent gap. Such ids stay below 2^53, exact
+# as JavaScript numbers.
+# KEYS[2] also counts the bytes of the entries' type and data: once over ARGV[7] (or ARGV[1]
 # entries), the oldest entries go, never the newest, so the log holds at most the cap plus its
 # newest event, and a client whose id is older than the log gets stream-reset.
 # With ARGV[6] set it also publishes the event on django-eventstream's pub/sub channel, in the
@@ -36,17 +38,21 @@ STOP_CHANNEL = "relay:run-stop"
 # its log whoever announces it: the process that ended it, or the repair after that process died.
 APPEND = """
 if KEYS[3] and not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[4]) then return 0 end
+local server = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local n = 1
 if #last > 0 then
   n = tonumber(string.match(last[1][1], '^(%d+)')) + 1
-elseif ARGV[8] == '0' then
+end
+if (#last > 0 and redis.call('HGET', KEYS[2], 'server') ~= server)
+    or (#last == 0 and ARGV[8] == '0') then
   local now = redis.call('TIME')
-  n = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  n = math.max(n, tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
 end
 local id = string.format('%d', n)
 redis.call('XADD', KEYS[1], id .. '-0', 't', ARGV[2], 'd', ARGV[3])
-local bytes = redis.call('INCRBY', KEYS[2], #ARGV[2] + #ARGV[3])
+redis.call('HSET', KEYS[2], 'server', server)
+local bytes = redis.call('HINCRBY', KEYS[2], 'bytes', #ARGV[2] + #ARGV[3])
 local count = redis.call('XLEN', KEYS[1])
 local cap, maxlen = tonumber(ARGV[7]), tonumber(ARGV[1])
 if bytes > cap or count > maxlen then
@@ -62,7 +68,7 @@ if bytes > cap or count > maxlen then
   end
   local keep = tonumber(string.match(cut, '^(%d+)')) + 1
   redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', keep) .. '-0')
-  redis.call('SET', KEYS[2], bytes)
+  redis.call('HSET', KEYS[2], 'bytes', bytes)
 end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
@@ -100,8 +106,9 @@ def log_key(channel):
     return f"relay:events:{{{channel}}}"
 
 
-def bytes_key(channel):
-    return f"relay:bytes:{{{channel}}}"
+def meta_key(channel):
+    """The log's size in bytes, and the Redis server that wrote it."""
+    return f"relay:log:{{{channel}}}"
 
 
 def ended_key(channel):
@@ -126,7 +133,7 @@ class StreamStorage(StorageBase):
         ttl = settings.RUN_TIME_LIMIT + settings.RUN_EVENTS_RETENTION
         args = [settings.RUN_EVENTS_MAXLEN, event_type, data, ttl, channel, int(publish),
                 settings.RUN_EVENTS_MAX_BYTES, int(first)]  # fmt: skip
-        keys = [log_key(channel), bytes_key(channel), *([ended_key(channel)] if once else [])]
+        keys = [log_key(channel), meta_key(channel), *([ended_key(channel)] if once else [])]
         n = _append_script()(keys=keys, args=args)
         return Event(channel, event_type, data, id=int(n)) if int(n) else None
 
@@ -214,7 +221,7 @@ def retain(run_id):
     try:
         with client().pipeline() as pipe:
             pipe.expire(log_key(channel), retention)
-            pipe.expire(bytes_key(channel), retention)
+            pipe.expire(meta_key(channel), retention)
             if owner is not None:
                 key, now = retained_key(owner), time.time()
                 pipe.zadd(key, {channel: now})
@@ -225,7 +232,7 @@ def retain(run_id):
             replies = pipe.execute()
         dropped = replies[4] if owner is not None else []
         if dropped:
-            client().delete(*[k for c in dropped for k in (log_key(c), bytes_key(c))])
+            client().delete(*[k for c in dropped for k in (log_key(c), meta_key(c))])
     except redis.RedisError as exc:
         log.warning("run %s: could not set the log's retention: %s", run_id, exc)
 

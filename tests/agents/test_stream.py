@@ -94,7 +94,7 @@ def test_a_log_made_again_after_redis_lost_it_numbers_beyond_the_old_one(storage
     numbered 1 again, or a client's id from the old log would match an event of the new one."""
     assert storage.append_event(channel, "run.status", "{}").id == 1
     assert [storage.append_event(channel, "t", "{}", first=False).id for _ in range(3)] == [2, 3, 4]
-    stream.client().delete(stream.log_key(channel), stream.bytes_key(channel))  # the restart
+    stream.client().delete(stream.log_key(channel), stream.meta_key(channel))  # the restart
     again = storage.append_event(channel, "t", "{}", first=False).id
     assert again > 4
     assert storage.append_event(channel, "t", "{}", first=False).id == again + 1
@@ -105,6 +105,19 @@ def test_a_log_made_again_after_redis_lost_it_numbers_beyond_the_old_one(storage
         assert reset.value.current_id == again + 1
     # and ids stay exact as JavaScript numbers (runs.js compares them with Number())
     assert again < 2**53
+
+
+def test_a_log_another_redis_server_wrote_numbers_beyond_it(storage, channel):
+    """A Redis restarted from its append-only file, or a replica promoted, may have lost the
+    log's last appends, which clients may have received: their ids must not be given again."""
+    assert [storage.append_event(channel, "t", "{}").id for _ in range(3)] == [1, 2, 3]
+    stream.client().xdel(stream.log_key(channel), "3-0")  # 3 is lost...
+    stream.client().hset(stream.meta_key(channel), "server", "the-one-before-the-restart")
+    again = storage.append_event(channel, "t", "{}", first=False).id
+    assert again > 3  # ...and a client that has it is told to reload
+    with pytest.raises(EventDoesNotExist):
+        storage.get_events(channel, 3)
+    assert storage.append_event(channel, "t", "{}", first=False).id == again + 1
 
 
 def test_it_caps_a_runs_log_in_bytes_and_keeps_the_newest(storage, channel, settings):
@@ -120,9 +133,9 @@ def test_it_caps_a_runs_log_in_bytes_and_keeps_the_newest(storage, channel, sett
     entries = stream.client().xrange(stream.log_key(channel))
     held = sum(len(f["t"]) + len(f["d"]) for _, f in entries)
     assert held <= 10_000 < held + 1001
-    assert int(stream.client().get(stream.bytes_key(channel))) == held
+    assert int(stream.client().hget(stream.meta_key(channel), "bytes")) == held
     # the two keys live and die together
-    ttl = stream.client().ttl(stream.bytes_key(channel))
+    ttl = stream.client().ttl(stream.meta_key(channel))
     assert ttl > 0 and abs(ttl - stream.client().ttl(stream.log_key(channel))) <= 1
 
 
@@ -134,7 +147,7 @@ def test_an_event_larger_than_the_cap_stays_only_until_the_next(storage, channel
     end = storage.append_event(channel, "run.status", "end")
     assert [e.id for e in storage.get_events(channel, end.id - 1)] == [end.id]
     assert stream.client().xlen(stream.log_key(channel)) == 1
-    assert int(stream.client().get(stream.bytes_key(channel))) == len("run.status") + 3
+    assert int(stream.client().hget(stream.meta_key(channel), "bytes")) == len("run.status") + 3
 
 
 @pytest.mark.django_db
@@ -153,7 +166,7 @@ def test_it_keeps_the_logs_of_one_users_newest_ended_runs_only(settings, alice, 
     alices = [ended_run(alice) for _ in range(5)]
     exists = stream.client().exists
     assert [exists(stream.log_key(r.channel)) for r in alices] == [0, 0, 1, 1, 1]
-    assert not exists(stream.bytes_key(alices[0].channel))
+    assert not exists(stream.meta_key(alices[0].channel))
     assert exists(stream.log_key(bobs.channel))  # another user's are not touched
     # a client of an evicted run is told to reload from the database, which has all of it
     with pytest.raises(EventDoesNotExist):
