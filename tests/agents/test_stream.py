@@ -12,7 +12,7 @@ from django_eventstream.storage import EventDoesNotExist
 from agents import services, stream
 from agents.models import Run
 
-from conftest import bearer, new_thread, start, wait_for
+from conftest import bearer, new_thread, start, start_live, wait_for
 from sse import OpenStream
 
 
@@ -230,6 +230,27 @@ def test_it_caps_the_streams_one_user_has_open(live, live_api, alice, bob, setti
             opened.close()
         for run, api in ((run_id, live_api), (bobs_run, bobs_api)):
             httpx.post(f"{live.base_url}/api/runs/{run}/stop/", headers=api)
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_an_open_stream_keeps_its_slot_and_frees_it_when_it_ends(alice, tmp_path):
+    live = start_live(tmp_path, SSE_KEEPALIVE_SECONDS="0.2")  # a slot lapses in 0.6 s unrenewed
+    api = bearer(alice)
+    run_id = start(live, api, new_thread(alice, words=2000, delay_ms=50))
+    slots = f"relay:streams:{alice.pk}"
+    r = stream.client()
+    try:
+        opened = OpenStream(live.base_url, run_id, api)
+        assert opened.status == 200
+        time.sleep(2)  # a stream that lives on renews its slot
+        now_ms = r.time()[0] * 1000
+        assert [score > now_ms for _, score in r.zrange(slots, 0, -1, withscores=True)] == [True]
+        opened.close()
+        wait_for(lambda: not r.exists(slots), timeout=5, message="the slot to be freed")
+    finally:
+        httpx.post(f"{live.base_url}/api/runs/{run_id}/stop/", headers=api)
+        live.stop_all()
 
 
 @pytest.mark.e2e
