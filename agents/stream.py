@@ -33,11 +33,16 @@ STOP_CHANNEL = "relay:run-stop"
 # entries), the oldest entries go, never the newest, so the log holds at most the cap plus its
 # newest event, and a client whose id is older than the log gets stream-reset.
 # With ARGV[6] set it also publishes the event on django-eventstream's pub/sub channel, in the
-# message format its listener reads, saving the round trip of a separate PUBLISH. With KEYS[3]
-# (a run's terminal event) it appends only if that key was not set yet, so a run ends once in
-# its log whoever announces it: the process that ended it, or the repair after that process died.
+# message format its listener reads, saving the round trip of a separate PUBLISH. KEYS[3] marks
+# the run's end: a terminal event (ARGV[9]) appends only if it was not set yet, so a run ends
+# once in its log whoever announces it (the process that ended it, or the repair after that
+# process died), and nothing appends after it (a late tool result, a worker that lost its run).
 APPEND = """
-if KEYS[3] and not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[4]) then return 0 end
+if ARGV[9] == '1' then
+  if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[4]) then return 0 end
+elseif redis.call('EXISTS', KEYS[3]) == 1 then
+  return 0
+end
 local server = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local n = 1
@@ -126,14 +131,15 @@ class StreamStorage(StorageBase):
     stream-reset and reloads from the database)."""
 
     def append_event(self, channel, event_type, data, publish=False, once=False, first=True):
-        """The appended event; with `once`, None if the channel's terminal event is in. With
+        """The appended event, or None when the channel's terminal event is in already (`once`:
+        this is a terminal event, to be appended once). With
         `first` false (emit: every event of a run but its first) a log made for the event is
         one that Redis lost, numbered beyond it."""
         # Live logs outlive the longest run; retain() shortens that once the run ends.
         ttl = settings.RUN_TIME_LIMIT + settings.RUN_EVENTS_RETENTION
         args = [settings.RUN_EVENTS_MAXLEN, event_type, data, ttl, channel, int(publish),
-                settings.RUN_EVENTS_MAX_BYTES, int(first)]  # fmt: skip
-        keys = [log_key(channel), meta_key(channel), *([ended_key(channel)] if once else [])]
+                settings.RUN_EVENTS_MAX_BYTES, int(first), int(once)]  # fmt: skip
+        keys = [log_key(channel), meta_key(channel), ended_key(channel)]
         n = _append_script()(keys=keys, args=args)
         return Event(channel, event_type, data, id=int(n)) if int(n) else None
 

@@ -89,6 +89,17 @@ def test_it_raises_and_reads_stop_flags():
     assert stream.stop_flags([a, b]) == {a}
 
 
+def test_nothing_enters_a_log_after_its_runs_terminal_event():
+    run_id = uuid.uuid4()
+    stream.emit(run_id, "run.status", status="queued", error="")
+    stream.emit(run_id, "run.status", status="failed", error="worker lost")  # the reaper
+    # the worker that lost the run, late: its delta, its message, its own end
+    stream.emit(run_id, "message.delta", message=1, text="late")
+    stream.emit(run_id, "run.status", status="completed", error="")
+    events = stream.StreamStorage().get_events(f"run-{run_id}", 0)
+    assert [(e.id, e.type) for e in events] == [(1, "run.status"), (2, "run.status")]
+
+
 def test_a_log_made_again_after_redis_lost_it_numbers_beyond_the_old_one(storage, channel):
     """A Redis restarted without persistence has no log: the run's next event must not be
     numbered 1 again, or a client's id from the old log would match an event of the new one."""
