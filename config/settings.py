@@ -213,7 +213,7 @@ CELERY_TASK_ROUTES = {"agents.tasks.execute_run_task": {"queue": "runs"}}
 CELERY_WORKER_POOL = env("WORKER_POOL", "threads")
 CELERY_WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 100)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULER = "scheduling.beat:Scheduler"  # DatabaseScheduler, safe against deletes
 CELERY_BEAT_SCHEDULE = {
     "reap-runs": {"task": "agents.tasks.reap_runs_task", "schedule": RUN_REAPER_SECONDS},
 }

@@ -103,6 +103,10 @@ class Schedule(models.Model):
         as the schedule, so beat never sees one without the other."""
         task = self.periodic_task or PeriodicTask(name=f"relay-schedule-{self.pk}")
         crontab = task.crontab if task.crontab_id else CrontabSchedule()
+        # beat's own entries (celery.backend_cleanup) find their crontab by value, so ours may
+        # be theirs too: a shared one is left to them
+        if crontab.pk and PeriodicTask.objects.filter(crontab=crontab).exclude(pk=task.pk).exists():
+            crontab = CrontabSchedule()
         # spelled out the way Celery's crontab accepts (it refuses day-of-week 7 and "5/10")
         for field, value in cron.crontab_fields(self.cron).items():
             setattr(crontab, field, value)
@@ -134,7 +138,8 @@ def delete_periodic_task(sender, instance, **kwargs):
         if task:
             crontab_id = task.crontab_id
             task.delete()
-            CrontabSchedule.objects.filter(pk=crontab_id).delete()
+            # not a crontab another task shares: the delete would cascade to that task
+            CrontabSchedule.objects.filter(pk=crontab_id, periodictask=None).delete()
 
 
 class Fire(models.Model):
