@@ -188,6 +188,7 @@ SSE_KEEPALIVE_SECONDS = env_float("SSE_KEEPALIVE_SECONDS", 15)
 GRIP_URL = env("GRIP_URL", "")
 
 WORKFLOW_MAX_BYTES = env_int("WORKFLOW_MAX_BYTES", 64 * 1024)  # largest workflow definition
+SCHEDULES_MAX_PER_USER = env_int("SCHEDULES_MAX_PER_USER", 100)  # each one beat loads and fires
 
 # Models and tools.
 LLM_BASE_URL = env("LLM_BASE_URL", "https://api.openai.com/v1")

@@ -89,6 +89,14 @@ class Schedule(models.Model):
                 errors["agent"] = ["An agent schedule needs an agent."]
             if not self.prompt.strip():
                 errors["prompt"] = ["An agent schedule needs a prompt."]
+        # each fire sends it as a run's message, so the same limit (surrogatepass: a lone
+        # surrogate is measured here, refused where the field is read)
+        size = len(self.prompt.encode(errors="surrogatepass"))
+        if size > settings.RUN_MESSAGE_MAX_BYTES:
+            errors["prompt"] = [
+                f"Ensure this field has no more than {settings.RUN_MESSAGE_MAX_BYTES} bytes"
+                f" (it has {size})."
+            ]
         for field in ("workflow", "agent", "thread"):
             related = getattr(self, field)
             if related is not None and self.owner_id and related.owner_id != self.owner_id:

@@ -293,6 +293,43 @@ def test_it_refuses_a_bad_schedule_naming_the_field(alice, alice_api, change, fi
     assert not Schedule.objects.exists()
 
 
+def test_it_refuses_a_prompt_over_the_message_limit(alice, alice_api, settings):
+    limit = settings.RUN_MESSAGE_MAX_BYTES
+    body = {"name": "Daily", "target": "agent", "agent": alice.agents.get().pk,
+            "prompt": "x" * 2_000_000, "cron": "30 2 * * *"}  # fmt: skip
+    r = alice_api.post("/api/schedules/", body, format="json")
+    assert r.status_code == 400
+    assert f"no more than {limit} bytes (it has 2000000)" in str(r.data["prompt"]), r.data
+    assert not Schedule.objects.exists()
+    # bytes, as a run's message: "é" takes two
+    body["prompt"] = "é" * (limit // 2)
+    r = alice_api.post("/api/schedules/", body, format="json")
+    assert r.status_code == 201, r.data
+    r = alice_api.patch(f"/api/schedules/{r.data['id']}/", {"prompt": body["prompt"] + "x"})
+    assert r.status_code == 400
+    assert "prompt" in r.data
+    assert Schedule.objects.get().prompt == body["prompt"]
+
+
+def test_it_caps_the_schedules_one_user_has(alice, alice_api, bob, bob_api, settings):
+    settings.SCHEDULES_MAX_PER_USER = 3
+
+    def create(api, user, name):
+        body = {"name": name, "target": "agent", "agent": user.agents.get().pk, "prompt": "Hi",
+                "cron": "0 9 * * *"}  # fmt: skip
+        return api.post("/api/schedules/", body, format="json")
+
+    assert [create(alice_api, alice, f"s{i}").status_code for i in range(3)] == [201] * 3
+    r = create(alice_api, alice, "s3")
+    assert r.status_code == 429
+    assert r.data["code"] == "too_many_schedules"
+    assert "3 schedules, the most allowed" in r.data["detail"]
+    assert alice.schedules.count() == PeriodicTask.objects.count() == 3
+    assert create(bob_api, bob, "s0").status_code == 201  # a cap per user
+    alice_api.delete(f"/api/schedules/{alice.schedules.first().pk}/")
+    assert create(alice_api, alice, "s3").status_code == 201
+
+
 def test_it_refuses_another_users_agent_and_thread(alice, alice_api, bob):
     thread = Thread.objects.create(owner=bob, agent=bob.agents.get())
     body = {"name": "D", "target": "agent", "agent": bob.agents.get().pk, "prompt": "Hi",
