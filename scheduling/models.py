@@ -90,7 +90,7 @@ class Schedule(models.Model):
             if not self.prompt.strip():
                 errors["prompt"] = ["An agent schedule needs a prompt."]
         # each fire sends it as a run's message, so the same limit (surrogatepass: a lone
-        # surrogate is measured here, refused where the field is read)
+        # surrogate is measured, not a UnicodeEncodeError)
         size = len(self.prompt.encode(errors="surrogatepass"))
         if size > settings.RUN_MESSAGE_MAX_BYTES:
             errors["prompt"] = [
