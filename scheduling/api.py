@@ -59,6 +59,9 @@ class ScheduleSerializer(serializers.ModelSerializer):
             raise serializers.ValidationError(exc.message_dict) from None
         return attrs
 
+    def create(self, validated_data):
+        return services.schedule_create(**validated_data)
+
     def get_description(self, schedule):
         return cron.describe(schedule.cron)
 
