@@ -49,6 +49,23 @@ def _own_redis():
 
 
 @pytest.fixture
+def own_redis(tmp_path, settings, request):
+    """A redis-server for one test (`persist` by indirect parametrization), for web and worker
+    processes that must not share the session's: they can kill and restart it, and no other
+    test's worker takes their runs. Start their runs through their web process: this process
+    reads the run logs from it too, but its Celery app still enqueues on the session's Redis."""
+    server = RedisServer(tmp_path, persist=getattr(request, "param", False))
+    # the cached client and the script registered on it must go with the URL
+    settings.REDIS_URL = server.url
+    stream.client.cache_clear()
+    stream._append_script.cache_clear()
+    yield server
+    server.kill()
+    stream.client.cache_clear()
+    stream._append_script.cache_clear()
+
+
+@pytest.fixture
 def alice(django_user_model):
     return django_user_model.objects.create_user("alice", password="alice-password")
 

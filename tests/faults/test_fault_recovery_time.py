@@ -8,10 +8,9 @@ import time
 
 import pytest
 
-from agents import services
 from agents.models import Run
 
-from conftest import logged, new_thread, wait_for, wait_for_status
+from conftest import bearer, logged, new_thread, start, wait_for, wait_for_status
 from live import Live
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -27,8 +26,9 @@ def terminal_event(run):
     return None
 
 
-def test_a_killed_workers_run_ends_within_30_s_at_the_default_settings(alice, tmp_path):
-    processes = Live(tmp_path)
+def test_a_killed_workers_run_ends_within_30_s_at_the_default_settings(alice, own_redis, tmp_path):
+    # a Redis of their own: the session's `live` worker must not take the run
+    processes = Live(tmp_path, REDIS_URL=own_redis.url)
     for name in DEFAULTS_OF:  # whatever this shell says, the processes get the code's defaults
         processes.env.pop(name, None)
     try:
@@ -36,9 +36,9 @@ def test_a_killed_workers_run_ends_within_30_s_at_the_default_settings(alice, tm
         processes.start_worker("worker-a")
         processes.start_worker("worker-b")
         processes.start_beat()
-        run = services.run_start(
-            user=alice, thread=new_thread(alice, words=2000, delay_ms=50), message="Go on"
-        )
+        processes.start_web()
+        thread = new_thread(alice, words=2000, delay_ms=50)
+        run = Run.objects.get(pk=start(processes, bearer(alice), thread, "Go on"))
         running = wait_for_status(run.pk, Run.Status.RUNNING, timeout=60)
         wait_for(lambda: len(logged(run)) > 5, message="the run's reply to be streaming")
         # anywhere in the (default, 5 s) heartbeat period: just after a renewal is the slowest

@@ -8,31 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from agents import stream
 from agents.models import Run
 
 from conftest import at_scale, bearer, new_thread, start, start_live, wait_for, wait_for_status
-from redis_server import RedisServer
 from sse import assert_no_silent_gap, assert_transcript, follow_resuming
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 RUNS = at_scale(3, 20)  # runs in flight when Redis goes away
-
-
-@pytest.fixture
-def own_redis(tmp_path, settings, request):
-    # a second one: this one is killed and restarted
-    server = RedisServer(tmp_path, persist=getattr(request, "param", False))
-    # This process reads the run logs from it too (it starts runs through the web process). The
-    # cached client and the script registered on it must go with the old URL.
-    settings.REDIS_URL = server.url
-    stream.client.cache_clear()
-    stream._append_script.cache_clear()
-    yield server
-    server.kill()
-    stream.client.cache_clear()
-    stream._append_script.cache_clear()
 
 
 @pytest.fixture
