@@ -20,6 +20,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.http import require_GET
 from django_eventstream.storage import EventDoesNotExist
 from django_eventstream.utils import sse_encode_event
 from django_eventstream.views import Listener, RedisListener, get_listener_manager
@@ -36,6 +37,7 @@ READ_LIMIT = 100
 OPENING = ":" + " " * 2048 + "\n\nevent: stream-open\ndata:\n\n"  # padding flushes proxies
 
 
+@require_GET
 async def run_events(request, run_id):
     channel = f"run-{run_id}"
     proxied = grip.proxied(request)  # verifies Pushpin's signature: once a request

@@ -1,6 +1,8 @@
 """API conventions shared by every endpoint: page size, and service errors as responses.
 (Kept apart from api.py because DRF imports these while loading its own views.)"""
 
+from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import pagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -18,3 +20,9 @@ def exception_handler(exc, context):
     if isinstance(exc, ServiceError):
         return Response({"detail": exc.message, "code": exc.code, **exc.extra}, status=exc.status)
     return drf_exception_handler(exc, context)
+
+
+@csrf_exempt  # it changes nothing: a POST gets the 404 too, not CSRF's page
+def not_found(request, path):
+    """Any other URL under /api/: a 404 in JSON, as the API's own are, not Django's page."""
+    return JsonResponse({"detail": "Not found."}, status=404)
