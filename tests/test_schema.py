@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
 # The fuzzer's bounds: examples per operation, seconds per request and for the whole run.
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = 50
 REQUEST_TIMEOUT = 10
 RUN_TIMEOUT = 300
 
@@ -165,15 +165,21 @@ def test_the_live_api_answers_as_its_schema_says(live, live_api, alice, tmp_path
         # beside a valid token look to schemathesis like an API that ignores its auth).
         "--exclude-checks", "positive_data_acceptance,negative_data_rejection",
         "--generation-with-security-parameters", "false",
-        "--workers", "2", "--generation-database", "none", "--no-color",
-        "--report", "json", "--report-dir", str(tmp_path),
+        # One worker: with two, alice's requests race each other (a PATCH beside the DELETE of
+        # the same object), which finds races, not bad input, and makes the run flaky.
+        "--workers", "1", "--generation-database", "none", "--no-color",
     ]  # fmt: skip
+    web_log = live.logs / "web.log"
+    seen = web_log.stat().st_size
     started = time.monotonic()
     result = subprocess.run(
         command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT
     )
+    with web_log.open(errors="replace") as log:
+        log.seek(seen)
+        errors = re.split(r"^Internal Server Error: ", log.read(), flags=re.M)[1:]
+    report = f"{time.monotonic() - started:.0f} s\n{result.stdout}{result.stderr}"
+    report += "".join(f"\nThe web process's 500 at {e[:200]}...{e[-1500:]}" for e in errors[:10])
     ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / "schemathesis.txt").write_text(
-        f"{time.monotonic() - started:.0f} s\n{result.stdout}{result.stderr}"
-    )
-    assert result.returncode == 0, result.stdout[-20_000:] + result.stderr[-5000:]
+    (ARTIFACTS / "schemathesis.txt").write_text(report)
+    assert result.returncode == 0, report[-30_000:]
