@@ -74,7 +74,7 @@ test: venv services
 # end) at the counts they document, FAULT_SCALE=large: minutes. `make test` runs them too, at the
 # small counts CI can afford.
 faults: venv services
-	FAULT_SCALE=large $(PY) -m pytest -m faults $(ARGS)
+	FAULT_SCALE=large $(PY) -m pytest -m faults --timeout=1800 $(ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

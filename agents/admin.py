@@ -2,7 +2,10 @@ from django.contrib import admin
 
 from workflows.models import StepRun
 
-from .models import Agent, Message, Run, Thread
+from .auth import AdminLoginForm
+from .models import Agent, ApiKey, Message, Run, Thread
+
+admin.site.login_form = AdminLoginForm  # throttled as the page login is
 
 
 @admin.register(Agent)
@@ -68,3 +71,17 @@ class RunAdmin(admin.ModelAdmin):
         "input_tokens", "output_tokens", "created", "started", "finished",
     ]  # fmt: skip
     inlines = [StepRunInline, MessageInline]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Keys are listed and revoked here, never shown: only their digest is kept, and it stays
+    off these pages too. They are made with the API or `manage.py create_api_key`."""
+
+    list_display = ["__str__", "owner", "prefix", "created", "last_used"]
+    search_fields = ["name", "prefix", "owner__username"]
+    fields = ["owner", "name", "prefix", "created", "last_used"]
+    readonly_fields = ["owner", "prefix", "created", "last_used"]
+
+    def has_add_permission(self, request):
+        return False

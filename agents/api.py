@@ -1,7 +1,5 @@
 """The JSON API: agents, threads, their messages, and runs (start, get, list, stop)."""
 
-import json
-
 from django.conf import settings
 from django.db.models import OuterRef, Subquery
 from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
@@ -11,6 +9,7 @@ from rest_framework.response import Response
 
 from . import openapi, services, tools
 from .models import Agent, Message, Run, Thread
+from .parsers import integer, object_id
 
 
 class OwnedPrimaryKeyField(serializers.PrimaryKeyRelatedField):
@@ -18,6 +17,15 @@ class OwnedPrimaryKeyField(serializers.PrimaryKeyRelatedField):
 
     def get_queryset(self):
         return super().get_queryset().filter(owner=self.context["request"].user)
+
+    def to_internal_value(self, data):
+        # checked before the query, which would take 1.5 as id 1
+        number = integer(data)
+        if number is None:
+            self.fail("incorrect_type", data_type=type(data).__name__)
+        if object_id(number) is None:
+            self.fail("does_not_exist", pk_value=data)
+        return super().to_internal_value(number)
 
 
 class DemoConfigSerializer(serializers.Serializer):
@@ -51,8 +59,6 @@ class AgentSerializer(serializers.ModelSerializer):
         return list(dict.fromkeys(value))
 
     def validate_config(self, value):
-        if "\\u0000" in json.dumps(value):  # PostgreSQL's jsonb cannot store it
-            raise serializers.ValidationError("Null characters are not allowed.")
         demo = DemoConfigSerializer(data=value.get("demo", {}))
         if not demo.is_valid():
             raise serializers.ValidationError({"demo": demo.errors})
@@ -154,6 +160,8 @@ class ThreadViewSet(
             serializer.save(owner=user)
         else:
             serializer.save(owner=user, agent=user.agents.first())
+        # the queryset's annotation is missing from a fresh instance: the answer would lack it
+        serializer.instance.active_run = None
 
     def perform_destroy(self, thread):
         services.thread_delete(thread=thread)

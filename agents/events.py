@@ -24,7 +24,7 @@ from django.views.decorators.http import require_GET
 from django_eventstream.storage import EventDoesNotExist
 from django_eventstream.utils import sse_encode_event
 from django_eventstream.views import Listener, RedisListener, get_listener_manager
-from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.exceptions import APIException
 
 from . import grip
 from .auth import TokenAuthentication
@@ -94,8 +94,8 @@ def _open(request, run_id, last_id):
     try:
         try:
             authenticated = TokenAuthentication().authenticate(request)
-        except AuthenticationFailed as exc:
-            return JsonResponse({"detail": str(exc.detail)}, status=401)
+        except APIException as exc:  # a wrong key (401), or too many of them (429)
+            return JsonResponse({"detail": str(exc.detail)}, status=exc.status_code)
         user = authenticated[0] if authenticated else request.user
         if not user.is_authenticated:
             return JsonResponse(

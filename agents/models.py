@@ -1,8 +1,13 @@
+import hashlib
+import hmac
+import secrets
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
 from django.db.models import Max, Q
+from django.utils import timezone
 
 
 class Agent(models.Model):
@@ -172,3 +177,59 @@ class Run(models.Model):
     @property
     def is_active(self):
         return self.status in self.ACTIVE
+
+
+class ApiKey(models.Model):
+    """A user's API key, `relay_<prefix>_<secret>`. Only its SHA-256 digest is kept: the key is
+    shown once, when it is made. The prefix is public (lists show it) and finds the row.
+
+    No slow KDF: that protects guessable passwords, while a key is 256 random bits, so a
+    digest that leaks cannot be reversed, and a request pays one hash, not a tenth of a
+    second."""
+
+    SCHEME = "relay"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    digest = models.CharField(max_length=64, editable=False)
+    created = models.DateTimeField(auto_now_add=True)
+    last_used = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        verbose_name = "API key"
+
+    def __str__(self):
+        return f"{self.name or 'key'} ({self.SCHEME}_{self.prefix}_…)"
+
+    @staticmethod
+    def hash(key):
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    @classmethod
+    def issue(cls, *, owner, name=""):
+        """A new key for `owner`: the saved row and the key, which nothing can show again."""
+        prefix = secrets.token_hex(8)  # 64 bits: two keys sharing one is not a worry
+        key = f"{cls.SCHEME}_{prefix}_{secrets.token_urlsafe(32)}"
+        return cls.objects.create(owner=owner, name=name, prefix=prefix, digest=cls.hash(key)), key
+
+    @classmethod
+    def find(cls, key):
+        """The active user's key `key` is, or None: an indexed lookup by the prefix, then a
+        constant-time comparison of digests, so the time taken tells nothing of the secret."""
+        scheme, _, rest = key.partition("_")
+        prefix, _, secret = rest.partition("_")
+        if scheme != cls.SCHEME or not prefix or not secret:
+            return None
+        found = cls.objects.select_related("owner").filter(prefix=prefix).first()
+        if found is None or not hmac.compare_digest(found.digest, cls.hash(key)):
+            return None
+        return found if found.owner.is_active else None
+
+    def touch(self):
+        """Record a use, at most once a minute, so a busy client does not write on every call."""
+        now = timezone.now()
+        if self.last_used is None or now - self.last_used > timedelta(minutes=1):
+            ApiKey.objects.filter(pk=self.pk).update(last_used=now)
+            self.last_used = now

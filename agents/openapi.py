@@ -50,9 +50,9 @@ VALIDATION_ERROR = {
 
 class AutoSchema(SpectacularAutoSchema):
     """Adds the errors any operation may answer, from what it takes: 400 where it reads a body
-    or query parameters, 401 where it needs a user, 403 where a session needs a CSRF token, 404
-    where it names an object or a page. The errors particular to an operation (409, 429, 503)
-    are in its own @extend_schema."""
+    or query parameters, 401 and 429 (the failed-authentication throttle) where it needs a user,
+    403 where a session needs a CSRF token, 404 where it names an object or a page. The errors
+    particular to an operation (409, 429, 503) are in its own @extend_schema."""
 
     def _get_response_bodies(self, direction="response"):
         responses = super()._get_response_bodies(direction)
@@ -62,6 +62,7 @@ class AutoSchema(SpectacularAutoSchema):
             401: bool(auth),
             403: bool(auth) and self.method not in ("GET", "HEAD", "OPTIONS"),
             404: "{" in self.path or self._is_list_view(),
+            429: bool(auth),
         }
         for status, applies in common.items():
             if applies:
@@ -86,6 +87,8 @@ class AutoSchema(SpectacularAutoSchema):
             403: "A session without its CSRF token (token authentication needs none).",
             404: "No such object among yours (another user's is not found either), or no such"
             " page.",
+            429: "Too many failed authentications from this address; `Retry-After` says when"
+            " to try again.",
         }[status]
         return self._get_response_for_code(error(description), str(status))
 
@@ -266,6 +269,10 @@ def complete_schema(result, generator, request, public):
                 "400": error("`invalid_last_event_id`: not an id of this run's events."),
                 "401": error("No credentials, or credentials that are not valid."),
                 "404": error("No such run among yours."),
+                "429": error(
+                    "`too_many_streams`: you have as many streams open as allowed; or too many"
+                    " failed authentications from this address."
+                ),
                 "503": error("The event log cannot be reached; retry shortly."),
             },
         }

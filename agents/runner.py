@@ -46,29 +46,33 @@ def execute(run_id):
         run = services.run_claim(run_id=run_id, worker=worker.id)
     if run is None:
         return
-    stop = llm.StopSignal()
-    release = worker.hold(run.pk, stop)
+    lease = worker.hold(run.pk, time.monotonic() + settings.RUN_TIME_LIMIT)
     try:
         if run.definition is not None:
             from workflows.runner import WorkflowLoop
 
-            WorkflowLoop(run, stop).execute()
+            WorkflowLoop(run, lease).execute()
         else:
-            AgentLoop(run, stop).execute()
+            AgentLoop(run, lease).execute()
     finally:
-        release()
+        lease.release()
 
 
 class RunLoop:
     """What every run does around its body: the time limit, stop, usage, and one terminal
-    status. Subclasses write `body()`; `converse()` is the agent conversation they share."""
+    status. Subclasses write `body()`; `converse()` is the agent conversation they share.
 
-    def __init__(self, run, stop):
+    The worker holds the run's `lease`: it sets `stop` at the deadline (so a model that says
+    nothing is cut off too), and when the run turns out not to be ours any more, after which
+    the loop writes nothing (`lease.held()`)."""
+
+    def __init__(self, run, lease):
         self.run = run
         self.thread = run.thread
         self.agent = run.agent
-        self.stop = stop
-        self.deadline = time.monotonic() + settings.RUN_TIME_LIMIT
+        self.lease = lease
+        self.stop = lease.stop
+        self.deadline = lease.deadline
         self.input_tokens = 0
         self.output_tokens = 0
 
@@ -80,7 +84,10 @@ class RunLoop:
         try:
             self.body()
         except Stopped:
-            status = Run.Status.STOPPED
+            if self.lease.expired:  # the worker cut the run off at its deadline
+                status, error = Run.Status.FAILED, self._over_time()
+            else:
+                status = Run.Status.STOPPED
         except (RunFailed, llm.ModelError) as exc:
             status, error = Run.Status.FAILED, str(exc)
         except SoftTimeLimitExceeded:  # Celery's limit, under the prefork pool
@@ -88,6 +95,9 @@ class RunLoop:
         except Exception as exc:
             log.exception("run %s failed", self.run.pk)
             status, error = Run.Status.FAILED, f"internal error: {type(exc).__name__}: {exc}"
+        if not self.lease.held():
+            log.warning("run %s: lost its lease; whoever took it ends it", self.run.pk)
+            return
         if self.input_tokens or self.output_tokens:
             stream.emit(
                 self.run.pk,
@@ -127,9 +137,10 @@ class RunLoop:
         if self.stop.is_set():
             raise Stopped
         if time.monotonic() > self.deadline:
-            raise RunFailed(
-                f"the run took longer than its time limit ({settings.RUN_TIME_LIMIT} s)"
-            )
+            raise RunFailed(self._over_time())
+
+    def _over_time(self):
+        return f"the run took longer than its time limit ({settings.RUN_TIME_LIMIT} s)"
 
     def _model_turn(self, model, history, schemas):
         """Stream one model turn into a new assistant message, announcing the text in coalesced
@@ -142,7 +153,7 @@ class RunLoop:
 
         def flush():
             nonlocal flushed
-            if pending:
+            if pending and self.lease.held():
                 stream.emit(self.run.pk, "message.delta", message=message.pk, text="".join(pending))
                 pending.clear()
             flushed = time.monotonic()
@@ -173,23 +184,41 @@ class RunLoop:
             flush()
             message.content = "".join(text)
             message.tool_calls = [] if self.stop.is_set() else calls
-            with db():
-                if message.content or message.tool_calls:
-                    message.save(update_fields=["content", "tool_calls"])
-                    stream.emit(self.run.pk, "message.done", message=message.as_event())
-                else:
-                    message.delete()
+            # a lost run's message is the reaper's: it saved what was announced, or dropped it
+            if self.lease.held():
+                with db():
+                    if message.content or message.tool_calls:
+                        message.save(update_fields=["content", "tool_calls"])
+                        stream.emit(self.run.pk, "message.done", message=message.as_event())
+                    else:
+                        message.delete()
         return message
 
-    def _call_tool(self, call, agent):
-        stream.emit(
-            self.run.pk,
-            "tool.started",
-            call=call["id"],
-            name=call["name"],
-            arguments=call["arguments"],
+    def _run_tool(self, call, name, arguments, allowed):
+        """Announce the tool call and run it. A stop ends the run at once, without waiting for
+        the tool: its late result is dropped, and the call stays unanswered (history_messages
+        leaves such calls out), so nothing of it is written after the terminal status."""
+        stream.emit(self.run.pk, "tool.started", call=call, name=name, arguments=arguments)
+        result = tools.call(
+            name,
+            arguments,
+            allowed=allowed,
+            user=self.run.owner_id,
+            run=self.run.pk,
+            stop=self.stop,
         )
-        result = tools.call(call["name"], call["arguments"], allowed=agent.tools)
+        if self.stop.is_set():
+            if self.lease.held():  # a lost run is someone else's to end
+                error = "the run was stopped before the tool finished"
+                if self.lease.expired:
+                    error = "the run reached its time limit before the tool finished"
+                stream.emit(self.run.pk, "tool.done", call=call, name=name, output=None,
+                            error=error)  # fmt: skip
+            raise Stopped
+        return result
+
+    def _call_tool(self, call, agent):
+        result = self._run_tool(call["id"], call["name"], call["arguments"], agent.tools)
         output, error = clean(result.output), clean(result.error)
         with db():
             message = self.thread.append_message(

@@ -57,7 +57,8 @@ class QueueUnavailable(ServiceError):
 def run_start(
     *,
     user,
-    thread,
+    thread=None,
+    title="",
     message="",
     agent=None,
     if_busy="reject",
@@ -66,16 +67,19 @@ def run_start(
 ):
     """Save the user's message (if any) and a queued run, then enqueue it. A workflow run
     passes its `workflow`, `definition`, `inputs` (and `retry_of`). `if_busy="interrupt"` stops
-    the thread's active run first; otherwise a busy thread raises ThreadBusy."""
-    agent = agent or thread.agent
+    the thread's active run first; otherwise a busy thread raises ThreadBusy. With no `thread`,
+    a new one (called `title`) is made in the same transaction, so a refused start leaves none."""
+    agent = agent or (thread and thread.agent)
     if agent is None and not workflow:
         raise ServiceError("This thread has no agent; name one.", field="agent")
-    if if_busy == "interrupt":
+    if thread and if_busy == "interrupt":
         _interrupt(thread)
     try:
         with transaction.atomic():
             # One start at a time per user, so two requests cannot both pass the cap.
             get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+            if thread is None:
+                thread = Thread.objects.create(owner=user, agent=agent, title=title[:200])
             active = Run.objects.active().filter(thread=thread).first()
             if active:
                 raise ThreadBusy(
@@ -286,14 +290,11 @@ def workflow_start(
     values, errors = check_inputs(workflow.definition, inputs)
     if errors:
         raise ServiceError("The inputs do not match the workflow's declaration.", inputs=errors)
-    if thread is None:
-        thread = Thread.objects.create(
-            owner=user, agent=user.agents.first(), title=workflow.name[:200]
-        )
     return run_start(
         user=user,
         thread=thread,
-        agent=thread.agent or user.agents.first(),
+        title=workflow.name,
+        agent=(thread and thread.agent) or user.agents.first(),
         if_busy=if_busy,
         trigger=trigger,
         workflow=workflow,

@@ -5,7 +5,7 @@ from rest_framework.routers import SimpleRouter
 from scheduling.api import ScheduleViewSet
 from workflows.api import WorkflowViewSet
 
-from . import api, events, http
+from . import api, events, http, keys
 
 router = SimpleRouter()
 router.register("agents", api.AgentViewSet, basename="agent")
@@ -13,6 +13,7 @@ router.register("threads", api.ThreadViewSet, basename="thread")
 router.register("runs", api.RunViewSet, basename="run")
 router.register("workflows", WorkflowViewSet, basename="workflow")
 router.register("schedules", ScheduleViewSet, basename="schedule")
+router.register("keys", keys.ApiKeyViewSet, basename="apikey")
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -3,27 +3,36 @@ runs through the JSON API and follows them on the SSE stream."""
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
 from django.db.models import OuterRef, Subquery
+from django.http import HttpResponseBadRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from . import services
 from .models import Message, Run
+from .parsers import object_id
+
+CHATS_PER_PAGE = 50
 
 
 @login_required
 def chat_list(request):
     active = Run.objects.active().filter(thread=OuterRef("pk")).values("status")[:1]
     threads = request.user.threads.select_related("agent").annotate(active_status=Subquery(active))
-    return render(
-        request, "chats/list.html", {"threads": threads, "agents": request.user.agents.all()}
-    )
+    # get_page: a page number that is not one (abc, 99) shows the first or the last page
+    page = Paginator(threads, CHATS_PER_PAGE).get_page(request.GET.get("page"))
+    return render(request, "chats/list.html", {"page": page, "agents": request.user.agents.all()})
 
 
 @login_required
 @require_POST
 def chat_create(request):
-    agent = get_object_or_404(request.user.agents, pk=request.POST.get("agent") or 0)
+    pk = object_id(request.POST.get("agent", ""))
+    if pk is None:
+        return HttpResponseBadRequest("agent: expected the id of one of your agents.")
+    agent = get_object_or_404(request.user.agents, pk=pk)
     thread = request.user.threads.create(agent=agent)
     return redirect("chat", pk=thread.pk)
 
@@ -51,9 +60,12 @@ def chat_messages(request, pk):
 @require_POST
 def chat_rename(request, pk):
     thread = get_object_or_404(request.user.threads, pk=pk)
+    next_url = request.POST.get("next", "")
+    if next_url and not is_local_path(next_url):
+        return HttpResponseBadRequest("next: expected a path on this site.")
     thread.title = request.POST.get("title", "").strip()[:200]
     thread.save(update_fields=["title", "updated"])
-    return redirect(request.POST.get("next") or "chat", pk=thread.pk)
+    return HttpResponseRedirect(next_url) if next_url else redirect("chat", pk=thread.pk)
 
 
 @login_required
@@ -67,6 +79,16 @@ def chat_delete(request, pk):
         return redirect("chat", pk=pk)
     messages.success(request, f"Deleted “{thread}”.")
     return redirect("chats")
+
+
+def is_local_path(url):
+    """A path on this site: never another host (an open redirect), nor a relative URL, nor a
+    control character (a newline would break the Location header)."""
+    return (
+        url.startswith("/")
+        and url.isprintable()
+        and url_has_allowed_host_and_scheme(url, allowed_hosts=None)
+    )
 
 
 def chat_runs(thread):

@@ -1,6 +1,6 @@
 """What a worker process shares among the runs it executes: one thread renews the leases of
-all of them and polls their stop flags, one listens for stop nudges. Both start with the
-process's first run."""
+all of them, polls their stop flags and cuts them off at their time limit, one listens for stop
+nudges. Both start with the process's first run."""
 
 import logging
 import os
@@ -15,6 +15,7 @@ from django.db import connection
 from django.utils import timezone
 
 from . import stream
+from .llm import StopSignal
 from .models import Run
 
 log = logging.getLogger(__name__)
@@ -24,11 +25,47 @@ log = logging.getLogger(__name__)
 STOP_POLL_SECONDS = 0.5
 
 
+class Lease:
+    """A run this worker holds: its stop signal, its deadline (time.monotonic()), and why the
+    worker set the stop, if it did. `lost` means the run is no longer this worker's (the reaper
+    ended it while the process was slow): nothing more may be written to it."""
+
+    def __init__(self, worker, run_id, deadline):
+        self.run_id = run_id
+        self.stop = StopSignal()
+        self.deadline = deadline
+        self.renewed = time.monotonic()  # when the last renewal that found the run ours began
+        self.expired = False
+        self.lost = False
+        self._worker = worker
+
+    def release(self):
+        self._worker.release(self.run_id)
+
+    def expire(self):
+        if not self.stop.is_set():  # a stop asked for before the deadline stays a stop
+            self.expired = True
+            self.stop.set()
+
+    def lose(self):
+        self.lost = True
+        self.stop.set()
+
+    def held(self):
+        """Whether the run is still ours to write to. Renewals come every RUN_HEARTBEAT_SECONDS;
+        none for half the lease means this process was frozen or the database slow, and the
+        reaper may have taken the run meanwhile: ask the database before writing."""
+        stale = time.monotonic() - self.renewed > settings.RUN_LEASE_SECONDS / 2
+        if stale and not self.lost and not self._worker.renew({self.run_id: self}):
+            self.lose()  # cannot tell: writing could come after the reaper's end
+        return not self.lost
+
+
 class Worker:
     def __init__(self):
         self.id = f"{socket.gethostname()}:{os.getpid()}"
         self._lock = threading.Lock()
-        self._runs = {}  # run id (str) -> StopSignal
+        self._runs = {}  # run id (str) -> Lease
         self._pid = None
 
     def _ensure_started(self):
@@ -40,26 +77,26 @@ class Worker:
         for target in (self._heartbeat, self._listen):
             threading.Thread(target=target, name=f"relay-{target.__name__}", daemon=True).start()
 
-    def hold(self, run_id, stop):
-        """Register a claimed run; returns the function that releases it."""
+    def hold(self, run_id, deadline):
+        """Register a claimed run, to be cut off at `deadline` (time.monotonic()); its Lease."""
         self._ensure_started()
         key = str(run_id)
+        lease = Lease(self, key, deadline)
         with self._lock:
-            self._runs[key] = stop
+            self._runs[key] = lease
         # A nudge sent before we registered is not repeated. Without Redis the heartbeat finds
         # the stop (in the database) all the same; raising here would leave the run claimed,
         # never executed, and its lease renewed for as long as this process lives.
         try:
             if stream.stop_flags([key]):
-                stop.set()
+                lease.stop.set()
         except redis.RedisError as exc:
             log.warning("run %s: cannot read its stop flag: %s", key, exc)
+        return lease
 
-        def release():
-            with self._lock:
-                self._runs.pop(key, None)
-
-        return release
+    def release(self, run_id):
+        with self._lock:
+            self._runs.pop(run_id, None)
 
     def active(self):
         with self._lock:
@@ -69,32 +106,52 @@ class Worker:
         renewed = time.monotonic()
         while True:
             time.sleep(STOP_POLL_SECONDS)
-            runs = self.active()
-            if not runs:
+            leases = self.active()
+            if not leases:
                 continue
+            # before Redis and the database, which may be slow to answer: the time limit holds
+            # whatever the model does, even when it says nothing at all
+            now = time.monotonic()
+            for lease in leases.values():
+                if now >= lease.deadline:
+                    lease.expire()
             try:
-                for run_id in stream.stop_flags(list(runs)):
-                    runs[run_id].set()
+                for run_id in stream.stop_flags(list(leases)):
+                    leases[run_id].stop.set()
             except redis.RedisError as exc:
                 log.warning("cannot read stop flags: %s", exc)
             if time.monotonic() - renewed >= settings.RUN_HEARTBEAT_SECONDS:
                 renewed = time.monotonic()
-                self._renew(runs)
+                self.renew(leases)
 
-    def _renew(self, runs):
-        """Extend the leases, and honour stop requests whose Redis flag was lost."""
+    def renew(self, leases):
+        """Extend the leases of the runs this worker still holds, stop those it no longer holds,
+        and honour stop requests whose Redis flag was lost. False if the database failed."""
+        began = time.monotonic()
         expires = timezone.now() + timedelta(seconds=settings.RUN_LEASE_SECONDS)
         try:
             mine = Run.objects.filter(
-                pk__in=list(runs), status=Run.Status.RUNNING, lease_owner=self.id
+                pk__in=list(leases), status=Run.Status.RUNNING, lease_owner=self.id
             )
             mine.update(lease_expires=expires)
-            for run_id in mine.filter(stop_requested__isnull=False).values_list("pk", flat=True):
-                runs[str(run_id)].set()
+            # After the UPDATE: a run it missed is not ours (the reaper takes only lapsed
+            # leases, and these are renewed), or it has just ended by its own hand.
+            held = {str(pk): stop for pk, stop in mine.values_list("pk", "stop_requested")}
         except Exception:
-            log.exception("cannot renew the leases of %d runs", len(runs))
+            log.exception("cannot renew the leases of %d runs", len(leases))
+            return False
         finally:
             connection.close()
+        for run_id, lease in leases.items():
+            if run_id not in held:
+                if not lease.lost:
+                    log.warning("run %s: its lease is not ours any more; stopping it", run_id)
+                lease.lose()
+                continue
+            lease.renewed = max(lease.renewed, began)
+            if held[run_id] is not None:
+                lease.stop.set()
+        return True
 
     def _listen(self):
         while True:
@@ -104,9 +161,9 @@ class Worker:
                 while True:
                     # within the socket timeout: a quiet channel is not a lost connection
                     message = pubsub.get_message(timeout=5)
-                    stop = message and self.active().get(message["data"])
-                    if stop:
-                        stop.set()
+                    lease = message and self.active().get(message["data"])
+                    if lease:
+                        lease.stop.set()
             except redis.RedisError as exc:
                 log.warning("stop listener lost Redis, retrying: %s", exc)
                 time.sleep(1)

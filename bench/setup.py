@@ -24,9 +24,9 @@ django.setup()
 
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
-from rest_framework.authtoken.models import Token  # noqa: E402
 
 from agents import stream  # noqa: E402
+from agents.models import ApiKey  # noqa: E402
 
 from live import Live  # noqa: E402
 
@@ -38,9 +38,9 @@ def prepare():
     user = get_user_model().objects.filter(username="bench").first()
     if user is None:
         user = get_user_model().objects.create_user("bench", password="bench")
-    token, _ = Token.objects.get_or_create(user=user)
+    _, key = ApiKey.issue(owner=user, name="bench")
     live = Live(Path(tempfile.mkdtemp(prefix="relay-bench-")))
-    return user, {"Authorization": f"Bearer {token.key}"}, live
+    return user, {"Authorization": f"Bearer {key}"}, live
 
 
 def percentile(values, p):

@@ -11,10 +11,6 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("RELAY_VAR_DIR", BASE_DIR / "var"))
 VAR_DIR.mkdir(exist_ok=True)
 
-# pytest (8.2 and later) sets PYTEST_VERSION; the test suite and the worker and web processes it
-# starts then use a Redis database of their own, so a developer's worker never takes their tasks.
-TESTING = "PYTEST_VERSION" in os.environ
-
 
 def env(name, default=None):
     return os.environ.get(name, default)
@@ -62,7 +58,6 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
     "django_eventstream",
     "django_celery_beat",
     "drf_spectacular",
@@ -134,6 +129,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
+# Failed logins (pages, admin) and failed API keys: past the limit in the window, for one
+# username or from one client address, refused (429 on the API) until the window has passed.
+AUTH_FAILURE_LIMIT = env_int("AUTH_FAILURE_LIMIT", 10)
+AUTH_FAILURE_WINDOW = env_int("AUTH_FAILURE_WINDOW", 15 * 60)  # seconds
+API_KEYS_MAX_PER_USER = env_int("API_KEYS_MAX_PER_USER", 50)  # keys one user may hold
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chats"
 LOGOUT_REDIRECT_URL = "login"
@@ -161,7 +161,8 @@ LOGGING = {
 }
 
 # Redis: the Celery broker, the run event logs, live fan-out and stop flags.
-REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/15" if TESTING else "redis://127.0.0.1:6379/0")
+# (the test session starts a redis-server of its own: tests/conftest.py)
+REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
 _redis = urlparse(REDIS_URL)
 EVENTSTREAM_REDIS = {
     "host": _redis.hostname or "127.0.0.1",
@@ -174,12 +175,14 @@ REDIS_POOL_SIZE = env_int("REDIS_POOL_SIZE", 50)  # connections per process
 
 # Runs.
 RUN_MAX_ACTIVE_PER_USER = env_int("RUN_MAX_ACTIVE_PER_USER", 10)
-RUN_MESSAGE_MAX_BYTES = env_int("RUN_MESSAGE_MAX_BYTES", 32 * 1024)
+RUN_MESSAGE_MAX_BYTES = env_int("RUN_MESSAGE_MAX_BYTES", 32 * 1024)  # and workflow renders
 RUN_MAX_TURNS = env_int("RUN_MAX_TURNS", 8)
 RUN_TIME_LIMIT = env_int("RUN_TIME_LIMIT", 15 * 60)  # seconds a run may take
-RUN_LEASE_SECONDS = env_float("RUN_LEASE_SECONDS", 30)  # a run whose lease lapses is reaped
-RUN_HEARTBEAT_SECONDS = env_float("RUN_HEARTBEAT_SECONDS", 10)  # how often workers renew leases
-RUN_REAPER_SECONDS = env_float("RUN_REAPER_SECONDS", 15)  # how often beat sends the reaper
+# A killed worker's run ends within lease + reaper period (25 s, under the 30 s promised); a
+# lease outlives three missed renewals (a 15 s stall), each renewal one UPDATE per process.
+RUN_LEASE_SECONDS = env_float("RUN_LEASE_SECONDS", 20)  # a run whose lease lapses is reaped
+RUN_HEARTBEAT_SECONDS = env_float("RUN_HEARTBEAT_SECONDS", 5)  # how often workers renew leases
+RUN_REAPER_SECONDS = env_float("RUN_REAPER_SECONDS", 5)  # how often beat sends the reaper
 RUN_REQUEUE_SECONDS = env_float("RUN_REQUEUE_SECONDS", 120)  # unclaimed that long: enqueue again
 RUN_INTERRUPT_WAIT = env_float("RUN_INTERRUPT_WAIT", 5)  # how long "interrupt" waits for a stop
 RUN_DELTA_SECONDS = env_float("RUN_DELTA_SECONDS", 0.05)  # message.delta coalescing window
@@ -198,6 +201,10 @@ LLM_MODEL = env("LLM_MODEL", "demo")
 LLM_TIMEOUT = env_float("LLM_TIMEOUT", 120)
 TOOLS_HTTP_ALLOWED_HOSTS = env_list("TOOLS_HTTP_ALLOWED_HOSTS")
 TOOLS_HTTP_ALLOW_PRIVATE = env_bool("TOOLS_HTTP_ALLOW_PRIVATE", False)
+# Tool calls in progress at once per worker process, for one user and for one run (a call that
+# timed out counts until its tool returns); beyond them a call fails at once with the reason.
+TOOLS_MAX_CALLS_PER_USER = env_int("TOOLS_MAX_CALLS_PER_USER", 16)
+TOOLS_MAX_CALLS_PER_RUN = env_int("TOOLS_MAX_CALLS_PER_RUN", 4)
 
 # Celery: runs are acknowledged when they end, and a worker holds many at once in threads,
 # since they spend their life waiting on the model.
@@ -221,6 +228,9 @@ CELERY_BEAT_SCHEDULE = {
 }
 CELERY_TIMEZONE = "UTC"
 
+# Deepest nesting of arrays and objects in a request's JSON (400 beyond it).
+JSON_MAX_DEPTH = env_int("JSON_MAX_DEPTH", 32)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "agents.auth.TokenAuthentication",
@@ -229,6 +239,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "agents.http.Pagination",
     "EXCEPTION_HANDLER": "agents.http.exception_handler",
+    # JSON only, and only what PostgreSQL can store (agents/parsers.py)
+    "DEFAULT_PARSER_CLASSES": ["agents.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "agents.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
     + (["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
@@ -246,7 +258,6 @@ SPECTACULAR_SETTINGS = {
     # Public: the schema says no more than the README, and holds nothing of any user's.
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
-    "PARSER_WHITELIST": ["rest_framework.parsers.JSONParser"],  # the API is JSON (README)
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     # Swagger UI would otherwise fetch a badge from validator.swagger.io for a non-local host

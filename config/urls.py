@@ -1,9 +1,11 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
 
 from agents import views
+from agents.auth import LoginForm
 from scheduling import views as schedule_views
 from workflows import views as workflow_views
 
@@ -19,8 +21,10 @@ urlpatterns = [
     path("workflows/<int:pk>/", workflow_views.workflow_detail, name="workflow"),
     path("workflows/runs/<uuid:run_id>/", workflow_views.workflow_run, name="workflow-run"),
     path("schedules/", schedule_views.schedule_list, name="schedules"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("login/", auth_views.LoginView.as_view(authentication_form=LoginForm), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/", include("agents.urls")),
     path("admin/", admin.site.urls),
+    # browsers ask for it whatever the page links, and the admin's pages link none
+    path("favicon.ico", RedirectView.as_view(url=static("relay/icon.svg"))),
 ]

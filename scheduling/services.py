@@ -9,7 +9,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agents import services as runs
-from agents.models import Run, Thread
+from agents.models import Run
 
 from . import cron
 from .models import Fire, Schedule
@@ -87,14 +87,10 @@ def _start_run(schedule, slot):
             trigger=trigger,
         )
     local = slot.astimezone(ZoneInfo(schedule.timezone))
-    thread = schedule.thread or Thread.objects.create(
-        owner=schedule.owner,
-        agent=schedule.agent,
-        title=f"{schedule.name} · {local:%Y-%m-%d %H:%M}",
-    )
     return runs.run_start(
         user=schedule.owner,
-        thread=thread,
+        thread=schedule.thread,  # none: a new one per fire, made only if the run starts
+        title=f"{schedule.name} · {local:%Y-%m-%d %H:%M}",
         message=schedule.prompt,
         agent=schedule.agent,
         if_busy=if_busy,

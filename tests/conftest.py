@@ -1,16 +1,31 @@
+import atexit
 import json
 import os
 import time
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from rest_framework.authtoken.models import Token
+from django.conf import settings
 from rest_framework.test import APIClient
 
-from agents import stream, tasks
-from agents.models import Run, Thread
+from config.celery import app as celery_app
 
 from live import Live
+from redis_server import RedisServer
+
+# The session's own Redis (broker, event logs, stop flags), so that sessions side by side, or a
+# session beside `make run`, never take each other's tasks. Started here, before anything has
+# connected: pytest-django has loaded the settings, but no client, listener or Celery
+# connection exists yet. The web and worker processes the tests start inherit REDIS_URL.
+SESSION_REDIS = RedisServer()
+if not SESSION_REDIS.dies_with_parent:  # else it ends with this process, after its threads
+    atexit.register(SESSION_REDIS.stop)
+os.environ["REDIS_URL"] = settings.REDIS_URL = settings.CELERY_BROKER_URL = SESSION_REDIS.url
+settings.EVENTSTREAM_REDIS = {**settings.EVENTSTREAM_REDIS, "port": SESSION_REDIS.port, "db": 0}
+
+from agents import stream, tasks  # noqa: E402  (after the settings above)
+from agents.models import ApiKey, Run, Thread  # noqa: E402
 
 pytest.register_assert_rewrite("sse")  # its assertions on transcripts say what differs
 
@@ -26,9 +41,11 @@ def at_scale(small, large):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _clean_redis():
-    """The tests own their Redis database (db 15, see settings.TESTING): start it empty."""
-    stream.client().flushdb()
+def _own_redis():
+    """Every Redis client of the session talks to the session's own server."""
+    broker = celery_app.conf.broker_url
+    assert urlsplit(broker).port == SESSION_REDIS.port, broker
+    assert stream.client().connection_pool.connection_kwargs["port"] == SESSION_REDIS.port
 
 
 @pytest.fixture
@@ -43,7 +60,7 @@ def bob(django_user_model):
 
 def client_for(user):
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {ApiKey.issue(owner=user)[1]}")
     return client
 
 
@@ -83,7 +100,7 @@ def live(django_db_setup, django_db_blocker, tmp_path_factory):
 
 
 def bearer(user):
-    return {"Authorization": f"Bearer {Token.objects.create(user=user).key}"}
+    return {"Authorization": f"Bearer {ApiKey.issue(owner=user)[1]}"}
 
 
 @pytest.fixture

@@ -52,6 +52,7 @@ class Reply:
     delay: float = 0.0  # seconds before each chunk
     hang: bool = False  # after the chunks, hold the connection open until released
     done: bool = True  # end with `data: [DONE]`
+    silent: bool = False  # accept the request, then send nothing (not even a status line)
 
 
 @dataclass
@@ -73,9 +74,11 @@ class FakeLLM:
         serve = self._server.serve_forever
         threading.Thread(target=serve, kwargs={"poll_interval": 0.02}, daemon=True).start()
 
-    def script(self, chunks=(), *, status=200, body=None, delay=0.0, hang=False, done=True):
+    def script(
+        self, chunks=(), *, status=200, body=None, delay=0.0, hang=False, done=True, silent=False
+    ):
         """Queue the reply to the next request."""
-        self._replies.append(Reply(list(chunks), status, body, delay, hang, done))
+        self._replies.append(Reply(list(chunks), status, body, delay, hang, done, silent))
 
     def fail(self, status, message):
         self.script(status=status, body=error_body(message))
@@ -106,7 +109,9 @@ def _handler_for(fake):
             fake.requests.append(Request(self.path, self.headers, json.loads(raw or b"{}")))
             reply = fake._next_reply()
             self.close_connection = True
-            if reply.body is not None:
+            if reply.silent:
+                fake.release.wait()
+            elif reply.body is not None:
                 self._send_json(reply.status, reply.body)
             else:
                 self._send_stream(reply)

@@ -30,6 +30,7 @@ _STEP_KEYS = {
     "condition": {"id", "type", "when", "guards"},
 }
 MAX_DEPTH = 20  # of an expression: deeper is no condition a person writes, and recursion ends
+_WHY = "the most a message may have"
 _NOT_IDENTIFIER = "expected an identifier: letters, digits and _, not starting with a digit"
 _EXPECTED = {"string": "a string", "number": "a number", "boolean": "true or false"}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -44,6 +45,10 @@ _REFERENCE = re.compile(
 
 class ConditionError(Exception):
     """A condition cannot be evaluated with the values it got at run time."""
+
+
+class TooLong(ValueError):
+    """A template would render to more than a message may hold (RUN_MESSAGE_MAX_BYTES)."""
 
 
 # Validation
@@ -128,6 +133,12 @@ class _Validator:
                 self.add(f"{path}.default", "a required input cannot have a default")
             elif kind in INPUT_TYPES and not _matches(kind, spec["default"]):
                 self.add(f"{path}.default", f"default must be {_EXPECTED[kind]}")
+            elif (size := _size(_text(spec["default"]))) > settings.RUN_MESSAGE_MAX_BYTES:
+                limit = settings.RUN_MESSAGE_MAX_BYTES
+                self.add(
+                    f"{path}.default",
+                    f"the default is {size} bytes, more than the limit of {limit}",
+                )
         if not isinstance(spec.get("description", ""), str):
             self.add(f"{path}.description", "expected a string")
 
@@ -279,7 +290,9 @@ class _Validator:
 def check_inputs(definition, values):
     """The run's input values checked against the declaration: (values with defaults, errors).
 
-    Every declared input is in the values; one not given and without a default is None.
+    Every declared input is in the values; one not given and without a default is None. The
+    inputs are bounded like a message is (RUN_MESSAGE_MAX_BYTES), one by one and together, and
+    so is every prompt and every step's arguments they render into.
     """
     if values is None:
         values = {}
@@ -304,7 +317,36 @@ def check_inputs(definition, values):
             errors.append(_error(f"inputs.{name}", f"expected {_EXPECTED[spec['type']]}"))
         else:
             normalized[name] = value
-    return normalized, errors
+    return normalized, errors or _size_errors(definition, normalized)
+
+
+def _size_errors(definition, values):
+    limit = settings.RUN_MESSAGE_MAX_BYTES
+    errors = [
+        _error(f"inputs.{name}", f"this input is {size} bytes, more than the limit of {limit}")
+        for name, value in values.items()
+        if (size := _size(_text(value))) > limit
+    ]
+    if not errors and (size := _size(_json(values))) > limit:
+        errors.append(
+            _error("inputs", f"the inputs are {size} bytes as JSON, more than the limit of {limit}")
+        )
+    if errors:
+        return errors
+    # What no run with these values could do. The steps' outputs are not known yet and render
+    # empty, so this is a lower bound: the rest is checked as each step renders (WorkflowLoop).
+    context = {"inputs": values, "steps": {}}
+    for i, step in enumerate(definition.get("steps", [])):
+        try:
+            if step.get("type") == "agent":
+                path = f"steps[{i}].prompt"
+                render(step.get("prompt", ""), context)
+            elif step.get("type") == "tool":
+                path = f"steps[{i}].arguments"
+                render_arguments(step.get("arguments"), context)
+        except TooLong as exc:
+            errors.append(_error(path, f"with these inputs, {exc}"))
+    return errors
 
 
 def _matches(kind, value):
@@ -321,25 +363,43 @@ def _matches(kind, value):
 # Templates
 
 
-def render(template, context):
+def render(template, context, *, limit=None):
     """`template` with its references replaced from {"inputs": {...}, "steps": {id: output}}.
 
     A reference with no value (a skipped step, an optional input not given) renders empty.
+    TooLong when the result would be more than `limit` bytes (by default the message limit):
+    one reference repeated can multiply an input thousands of times, so the text is measured
+    as it is built and never grows past the limit.
     """
-    parts = []
+    limit = settings.RUN_MESSAGE_MAX_BYTES if limit is None else limit
+    parts, size = [], 0
     for kind, value in _parse(template):
         if kind == "bad":
             raise ValueError(f"malformed template: {value}")
-        parts.append(value if kind == "text" else _text(_lookup(kind, value, context)))
+        text = value if kind == "text" else _text(_lookup(kind, value, context))
+        # more characters than the bytes left is too long already, with no need to encode it
+        size += len(text) if len(text) > limit - size else _size(text)
+        if size > limit:
+            raise TooLong(f"the rendered text would be more than {limit} bytes, {_WHY}")
+        parts.append(text)
     return "".join(parts)
 
 
 def render_arguments(arguments, context):
-    """A tool step's arguments: strings rendered as templates, other values as written."""
-    return {
-        key: render(value, context) if isinstance(value, str) else value
-        for key, value in (arguments or {}).items()
-    }
+    """A tool step's arguments: strings rendered as templates, other values as written. All the
+    strings together are bounded by the message limit (TooLong)."""
+    limit = left = settings.RUN_MESSAGE_MAX_BYTES
+    rendered = {}
+    for key, value in (arguments or {}).items():
+        if isinstance(value, str):
+            try:
+                value = render(value, context, limit=left)
+            except TooLong:
+                message = f"the rendered arguments would be more than {limit} bytes, {_WHY}"
+                raise TooLong(message) from None
+            left -= _size(value)
+        rendered[key] = value
+    return rendered
 
 
 def _parse(template):
@@ -451,6 +511,11 @@ def _error(path, message):
 
 def _is_identifier(value):
     return isinstance(value, str) and _IDENTIFIER.fullmatch(value) is not None
+
+
+def _size(text):
+    # in UTF-8, as the message limit counts; a lone surrogate is for the input checks to refuse
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _json(value):

@@ -6,7 +6,7 @@ import json
 
 from django.utils import timezone
 
-from agents import stream, tools
+from agents import stream
 from agents.models import Agent, Message
 from agents.runner import RunFailed, RunLoop, Stopped, db, history_messages
 
@@ -52,7 +52,11 @@ class WorkflowLoop(RunLoop):
         try:
             output = getattr(self, f"_{step['type']}_step")(step, context)
         except Stopped:
-            self._record(step, index, StepRun.Status.STOPPED, started=started)
+            if self.lease.expired:  # cut off at the run's deadline: the step failed with it
+                self._record(step, index, StepRun.Status.FAILED, error=self._over_time(),
+                             started=started)  # fmt: skip
+            else:
+                self._record(step, index, StepRun.Status.STOPPED, started=started)
             raise
         except Exception as exc:  # a model, a tool or a condition: the step fails, named
             error = str(exc)
@@ -62,6 +66,8 @@ class WorkflowLoop(RunLoop):
         return output
 
     def _record(self, step, index, status, output=None, error="", reused=False, started=None):
+        if not self.lease.held():  # the run is someone else's now: write nothing
+            return
         with db():
             record, _ = StepRun.objects.update_or_create(
                 run=self.run,
@@ -81,9 +87,8 @@ class WorkflowLoop(RunLoop):
     def _tool_step(self, step, context):
         arguments = json.dumps(render_arguments(step.get("arguments", {}), context))
         call = f"step-{step['id']}"
-        stream.emit(self.run.pk, "tool.started", call=call, name=step["tool"], arguments=arguments)
         # the author named the tool in the definition: that is its permission
-        result = tools.call(step["tool"], arguments, allowed=[step["tool"]])
+        result = self._run_tool(call, step["tool"], arguments, allowed=[step["tool"]])
         stream.emit(self.run.pk, "tool.done", call=call, name=step["tool"],
                     output=result.output, error=result.error)  # fmt: skip
         if result.error is not None:

@@ -1,13 +1,12 @@
 """The workflow pages: the list, a workflow with a form built from its declared inputs, and a
 run with its steps live."""
 
-import json
-
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
 
 from agents import services
 from agents.models import Run
+from agents.parsers import UnstorableJSON, check_storable, loads
 
 from .models import StepRun
 
@@ -48,10 +47,12 @@ def workflow_detail(request, pk):
 
 
 def form_inputs(declared, data):
-    """The form's text as the declared types; empty optional fields are left to defaults."""
+    """The form's text as the declared types; empty optional fields are left to defaults. What
+    PostgreSQL could not store (NaN, a null character, nesting without end) is an error, as it
+    is in the API."""
     inputs, errors = {}, []
     for field in declared:
-        name, kind = field["name"], field["type"]
+        name, kind, path = field["name"], field["type"], f"inputs.{field['name']}"
         if kind == "boolean":
             inputs[name] = name in data
             continue
@@ -59,9 +60,17 @@ def form_inputs(declared, data):
         if not raw:
             continue
         try:
-            inputs[name] = {"number": _number, "json": json.loads}.get(kind, str)(raw)
+            if kind == "json":
+                value = loads(raw, path)
+            else:
+                value = _number(raw) if kind == "number" else raw
+                check_storable(value, path)
+        except UnstorableJSON as exc:
+            errors.append({"path": exc.path, "message": exc.reason})
         except ValueError:
-            errors.append({"path": f"inputs.{name}", "message": f"expected {kind}"})
+            errors.append({"path": path, "message": f"expected {kind}"})
+        else:
+            inputs[name] = value
     return inputs, errors
 
 

@@ -1,9 +1,12 @@
 """A streaming client for OpenAI-compatible chat completions (OpenAI, Ollama, vLLM, OpenRouter)."""
 
 import contextlib
+import errno
 import http.client
 import json
 import logging
+import os
+import selectors
 import socket
 import ssl
 from urllib.parse import urlsplit
@@ -31,7 +34,13 @@ class OpenAIChatModel(Model):
         if stop.is_set():
             return
         conn = self._connection()
-        unregister = lambda: None  # noqa: E731
+        # A stop shuts the request's socket down in whatever phase it is: connecting, the TLS
+        # handshake, waiting for the first byte, or reading the stream.
+        handles = []
+        conn._create_connection = lambda address, timeout, source_address=None: _connect(
+            address, timeout, stop, handles
+        )
+        unregister = stop.on_stop(lambda: _abort_all(handles))
         try:
             try:
                 conn.connect()
@@ -40,9 +49,7 @@ class OpenAIChatModel(Model):
                     return
                 raise ModelError(f"cannot reach the model at {self.base_url}: {_reason(e)}") from e
             # The connect timeout was only for the handshake; a model may think for a long while.
-            sock = conn.sock  # held here: a late stop callback may run after close() cleared it
-            sock.settimeout(self.timeout)
-            unregister = stop.on_stop(lambda: _abort(sock))
+            conn.sock.settimeout(self.timeout)
             try:
                 yield from self._exchange(conn, messages, tools, stop)
             except (OSError, http.client.HTTPException) as e:
@@ -54,6 +61,8 @@ class OpenAIChatModel(Model):
         finally:
             unregister()
             conn.close()
+            for handle in handles:
+                handle.close()
 
     def _connection(self):
         host, port = self._url.hostname, self._url.port
@@ -160,9 +169,47 @@ def _error_message(payload):
     return str(error or "")
 
 
+def _connect(address, timeout, stop, handles):
+    """socket.create_connection, but one a stop can cut short: each socket gets a duplicate in
+    `handles` before it connects (TLS later detaches the original object; the duplicate is the
+    same socket), and the stop is looked at once the SYN is out, so a stop either lands before
+    that look or shuts down a connecting socket, which wakes the wait."""
+    error = OSError(f"no address for {address[0]}")
+    for family, kind, proto, _, addr in socket.getaddrinfo(*address, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        handles.append(sock.dup())
+        try:
+            sock.setblocking(False)
+            code = sock.connect_ex(addr)
+            if code not in (0, errno.EINPROGRESS):
+                raise OSError(code, os.strerror(code))
+            if stop.is_set():
+                raise ConnectionAbortedError("stopped")
+            with selectors.DefaultSelector() as selector:  # poll, not select: fds above 1024
+                selector.register(sock, selectors.EVENT_WRITE)
+                if not selector.select(timeout):
+                    raise TimeoutError("timed out")
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise OSError(code, os.strerror(code))
+            sock.settimeout(timeout)
+            return sock
+        except OSError as e:
+            sock.close()
+            error = e
+            if stop.is_set():
+                break
+    raise error
+
+
+def _abort_all(handles):
+    for handle in list(handles):
+        _abort(handle)
+
+
 def _abort(sock):
-    # Shut the TCP socket itself down: a blocked read returns at once. SSLSocket.shutdown
-    # would also drop its TLS state from under the reading thread, so bypass it.
+    # Shut the TCP socket itself down: a blocked read or connect returns at once.
+    # SSLSocket.shutdown would also drop its TLS state from under the reading thread.
     with contextlib.suppress(OSError):  # already closed: nothing left to interrupt
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 

@@ -2,12 +2,15 @@
 
 import json
 import logging
+import threading
+from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
+from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +33,46 @@ class ToolResult:
 
 _registry: dict[str, Tool] = {}
 
-# Shared by every run in the worker. It is bounded so that tools which never return cannot
-# take ever more threads: once it is full, new calls wait for a thread and time out instead.
-_executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="agent-tool")
+
+class _Slots:
+    """The tool calls in progress in this process, counted per user and per run.
+
+    Each call runs in a thread of its own: a pool shared by every run let one user's slow calls
+    fill it, and the others' calls then waited for a thread until their timeout. What bounds
+    the threads instead is these counts, and a call holds its slots until its function returns,
+    not until its caller gives up on it: a thread cannot be killed, so a call that timed out
+    still holds one."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._held = Counter()
+
+    def take(self, user, run):
+        """None if the call may start (its slots are then taken), else the reason it may not."""
+        limits = (
+            (("user", user), settings.TOOLS_MAX_CALLS_PER_USER),
+            (("run", run), settings.TOOLS_MAX_CALLS_PER_RUN),
+        )
+        with self._lock:
+            for (kind, key), limit in limits:
+                if self._held[kind, key] >= limit:
+                    return (
+                        f"too many tool calls in progress for this {kind} (at most {limit} at"
+                        " once): wait for one to finish"
+                    )
+            for (kind, key), _ in limits:
+                self._held[kind, key] += 1
+        return None
+
+    def give(self, user, run):
+        with self._lock:
+            for key in (("user", user), ("run", run)):
+                self._held[key] -= 1
+                if not self._held[key]:
+                    del self._held[key]  # so that ended runs leave nothing behind
+
+
+_slots = _Slots()
 
 
 def register(name, description, parameters, *, timeout=10, max_output=16000):
@@ -77,19 +117,21 @@ def schemas(names) -> list[dict]:
     ]
 
 
-def call(name, arguments, *, allowed) -> ToolResult:
+def call(name, arguments, *, allowed, user, run, stop=None) -> ToolResult:
     """Run the tool `name` with the JSON `arguments` the model wrote; problems come back as errors.
 
+    `user` and `run` (ids) are whose call it is: each has a bound on its calls in progress.
+    When `stop` (a StopSignal) is set the call returns at once, its tool left to finish alone.
     The error text goes back to the model, so it says what was wrong in words the model can act on.
     """
     try:
-        return _call(name, arguments, allowed)
+        return _call(name, arguments, allowed, user, run, stop)
     except Exception as exc:  # the agent loop must survive anything a tool call does
         logger.exception("tool %r failed unexpectedly", name)
         return _error(f"{type(exc).__name__}: {exc}")
 
 
-def _call(name, arguments, allowed):
+def _call(name, arguments, allowed, user, run, stop):
     tool = _registry.get(name)
     if tool is None:
         return _error(f"unknown tool {name!r}")
@@ -112,12 +154,21 @@ def _call(name, arguments, allowed):
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in problem.path)
         return _error(f"arguments{where}: {_shorten(problem.message)}")
 
-    future = _executor.submit(tool.func, **args)
-    done, _ = wait([future], timeout=tool.timeout)
-    if not done:
-        # A thread cannot be killed: the call is left to finish on its own and its result dropped.
-        future.cancel()  # it may still be waiting for a thread, and then it never starts
-        return _error(f"timed out after {tool.timeout:g} s")
+    problem = _slots.take(user, run)
+    if problem is not None:
+        return _error(problem)
+    future = _start(tool, args, user, run)
+    woken = threading.Event()
+    future.add_done_callback(lambda _: woken.set())
+    forget = stop.on_stop(woken.set) if stop is not None else lambda: None
+    try:
+        woken.wait(tool.timeout)  # from the tool's start: no time waiting for a thread
+    finally:
+        forget()
+    if not future.done():
+        # The call is left to finish on its own, and its result dropped.
+        stopped = stop is not None and stop.is_set()
+        return _error("the run was stopped" if stopped else f"timed out after {tool.timeout:g} s")
     exc = future.exception()
     if exc is not None:
         return _error(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
@@ -130,6 +181,31 @@ def _call(name, arguments, allowed):
     if len(output) > tool.max_output:
         output = output[: tool.max_output] + f"\n[output truncated: {len(output)} characters]"
     return ToolResult(output=output, error=None)
+
+
+def _start(tool, args, user, run):
+    future = Future()
+
+    def target():
+        try:
+            value, exc = tool.func(**args), None
+        except BaseException as error:  # whatever it is, the caller reports it
+            value, exc = None, error
+        # the slots first: a caller that has the result may call again at once
+        _slots.give(user, run)
+        if exc is None:
+            future.set_result(value)
+        else:
+            future.set_exception(exc)
+
+    # daemon: a tool that never returns must not keep the worker from exiting
+    thread = threading.Thread(target=target, name=f"tool-{tool.name}", daemon=True)
+    try:
+        thread.start()
+    except BaseException:  # no thread, so nobody else gives the slots back
+        _slots.give(user, run)
+        raise
+    return future
 
 
 def _error(message):

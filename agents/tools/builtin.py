@@ -1,12 +1,14 @@
 """The tools Relay ships with: calculator, current_time and http_get."""
 
 import ast
+import contextlib
 import http.client
 import ipaddress
 import math
 import operator
 import socket
 import ssl
+import threading
 import time
 from datetime import datetime
 from urllib.parse import quote, urlsplit
@@ -145,7 +147,7 @@ def current_time(timezone="UTC"):
 # http_get
 
 HTTP_TIMEOUT = 10  # seconds the call may take
-HTTP_SOCKET_TIMEOUT = 8  # per connect or read, below HTTP_TIMEOUT so the tool reports it itself
+HTTP_DEADLINE = 8  # seconds for the whole request, below HTTP_TIMEOUT so the tool reports it itself
 HTTP_MAX_OUTPUT = 16000
 _URL_SAFE = "/?:@!$&'()*+,;=~%"  # left as written when quoting a path or query
 
@@ -181,18 +183,31 @@ def http_get(url):
     addresses = _resolve(host, port)
 
     connection_class = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
-    connection = connection_class(host, port, addresses, timeout=HTTP_SOCKET_TIMEOUT)
+    deadline = time.monotonic() + HTTP_DEADLINE
+    connection = connection_class(host, port, addresses, deadline=deadline)
     target = quote(parts.path or "/", safe=_URL_SAFE)
     if parts.query:
         target += "?" + quote(parts.query, safe=_URL_SAFE)
+    # A socket timeout bounds each read, not their sum: a server sending a header byte every few
+    # seconds would hold this thread for as long as it liked. At the deadline the socket is shut
+    # down, which ends the read blocked on it, whichever part of the exchange it is in.
+    watchdog = threading.Timer(HTTP_DEADLINE, connection.abort)
+    watchdog.start()
     try:
         connection.request(
             "GET", target, headers={"User-Agent": "Relay http_get", "Accept-Encoding": "identity"}
         )
         response = connection.getresponse()
         body = _read(response, HTTP_MAX_OUTPUT + 1)  # one more, so truncation shows
+    except (OSError, http.client.HTTPException):
+        if not connection.aborted and time.monotonic() < deadline:
+            raise
+        connection.aborted = True  # the socket's timeout (the remaining time) may come first
     finally:
+        watchdog.cancel()
         connection.close()
+    if connection.aborted:  # a body cut off at the deadline is not the response
+        raise TimeoutError(f"the server did not answer within {HTTP_DEADLINE:g} s")
 
     result = {
         "status": response.status,
@@ -225,45 +240,90 @@ def _resolve(host, port):
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
     if not getattr(settings, "TOOLS_HTTP_ALLOW_PRIVATE", False):
         for address in addresses:
-            ip = ipaddress.ip_address(address)
-            # is_global is false for private, loopback, link-local, reserved and unspecified
-            # addresses, but true for multicast ones.
-            if not ip.is_global or ip.is_multicast:
+            if not _public(ipaddress.ip_address(address)):
                 raise PermissionError(
                     f"{host} resolves to {address}, which is not a public address"
                 )
     return addresses
 
 
-def _connect(addresses, port, timeout):
+_IPV6_RESERVED = ipaddress.ip_network("::/8")  # IPv4-compatible and -translated, local NAT64
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the IPv4 address is the last 32 bits
+
+
+def _public(ip):
+    """Whether `ip` reaches the public internet, judging an IPv4 address embedded in an IPv6
+    one as that IPv4 address: `::ffff:127.0.0.1` or `64:ff9b::7f00:1` reach loopback."""
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return _public(ip.ipv4_mapped)
+        if ip in _NAT64:
+            return _public(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        # Python calls these global: the rest of ::/8 is reserved (the deprecated
+        # IPv4-compatible ::a.b.c.d among it), fec0::/10 is the deprecated site-local range.
+        if ip in _IPV6_RESERVED or ip.is_site_local:
+            return False
+        embedded = [ip.sixtofour] if ip.sixtofour is not None else list(ip.teredo or ())
+        if not all(_public(address) for address in embedded):
+            return False
+    # is_global is false for private, loopback, link-local, reserved and unspecified
+    # addresses, but true for multicast ones.
+    return ip.is_global and not ip.is_multicast
+
+
+def _connect(addresses, port, deadline):
     # Only ever the addresses checked in _resolve: a second DNS lookup here could answer
     # differently (DNS rebinding) and reach an internal service.
     error = OSError("no addresses to connect to")
     for address in addresses:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
         try:
-            return socket.create_connection((address, port), timeout)
+            return socket.create_connection((address, port), remaining)
         except OSError as exc:
             error = exc
     raise error
 
 
-class _PinnedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, host, port, addresses, *, timeout):
-        super().__init__(host, port, timeout=timeout)
-        self.addresses = addresses
+class _Abortable:
+    """A connection that another thread can end at once, whatever it is blocked on."""
+
+    aborted = False
+
+    def abort(self):
+        self.aborted = True
+        sock = self.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                # socket.socket's own shutdown, on a TLS socket too: SSLSocket.shutdown drops
+                # its SSL object under the thread that is reading
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def _dial(self):
+        self.sock = _connect(self.addresses, self.port, self.deadline)
+        if self.aborted:  # abort() ran while the socket was being made
+            raise TimeoutError("aborted")
+        return self.sock
+
+
+class _PinnedHTTPConnection(_Abortable, http.client.HTTPConnection):
+    def __init__(self, host, port, addresses, *, deadline):
+        super().__init__(host, port)
+        self.addresses, self.deadline = addresses, deadline
 
     def connect(self):
-        self.sock = _connect(self.addresses, self.port, self.timeout)
+        self._dial()
 
 
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, host, port, addresses, *, timeout):
+class _PinnedHTTPSConnection(_Abortable, http.client.HTTPSConnection):
+    def __init__(self, host, port, addresses, *, deadline):
         self.tls = ssl.create_default_context()
-        super().__init__(host, port, timeout=timeout, context=self.tls)
-        self.addresses = addresses
+        super().__init__(host, port, context=self.tls)
+        self.addresses, self.deadline = addresses, deadline
 
     def connect(self):
-        sock = _connect(self.addresses, self.port, self.timeout)
+        sock = self._dial()  # as self.sock, so that abort() can end the handshake too
         try:
             # The certificate must match the host name in the URL, not the address dialled.
             self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
@@ -273,13 +333,8 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
 
 
 def _read(response, limit):
-    # The socket timeout bounds each read, not their sum: a server sending a byte at a time would
-    # otherwise hold the tool's thread long after the call has timed out.
-    deadline = time.monotonic() + HTTP_SOCKET_TIMEOUT
     body = bytearray()
     while len(body) < limit:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the server was too slow sending the response")
         chunk = response.read1(limit - len(body))
         if not chunk:
             break

@@ -6,7 +6,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from agents import services, stream
-from agents.models import Agent, Run, Thread
+from agents.models import Agent, ApiKey, Run, Thread
 
 pytestmark = pytest.mark.django_db
 
@@ -97,6 +97,13 @@ def test_it_creates_renames_lists_and_deletes_threads(alice_api, alice):
     assert alice_api.delete(f"/api/threads/{thread_id}/").status_code == 204
 
 
+def test_it_answers_a_new_thread_with_active_run_as_get_does(alice_api):
+    r = alice_api.post("/api/threads/", {}, format="json")
+    assert r.status_code == 201
+    assert r.data == alice_api.get(f"/api/threads/{r.data['id']}/").data
+    assert r.data["active_run"] is None
+
+
 def test_it_refuses_to_delete_a_thread_with_an_active_run(alice_api, thread):
     run_id = start(alice_api, thread).data["id"]
     assert alice_api.get(f"/api/threads/{thread.pk}/").data["active_run"] == run_id
@@ -120,9 +127,7 @@ def test_it_starts_a_run(alice_api, thread):
 
 
 def test_it_accepts_bearer_and_token_keys_and_refuses_bad_ones(alice, thread):
-    from rest_framework.authtoken.models import Token
-
-    key = Token.objects.create(user=alice).key
+    _, key = ApiKey.issue(owner=alice)
     client = APIClient()
     for header in [f"Bearer {key}", f"Token {key}"]:
         assert client.get("/api/threads/", HTTP_AUTHORIZATION=header).status_code == 200

@@ -11,7 +11,7 @@ from django.db import connection
 from django.test import override_settings
 
 from agents import services, stream
-from agents.models import Run, Thread
+from agents.models import ApiKey, Run, Thread
 
 from conftest import new_thread, start, wait_for, wait_for_status
 from sse import assert_consecutive, follow, parse, text_of
@@ -100,10 +100,8 @@ def test_it_sends_stream_reset_for_an_id_older_than_the_log(live, live_api, alic
 
 
 def test_it_hides_a_run_and_its_stream_from_other_users(live, live_api, alice, bob):
-    from rest_framework.authtoken.models import Token
-
     run_id = start(live, live_api, new_thread(alice))
-    bob_headers = {"Authorization": f"Token {Token.objects.create(user=bob).key}"}
+    bob_headers = {"Authorization": f"Token {ApiKey.issue(owner=bob)[1]}"}
     base = f"{live.base_url}/api/runs/{run_id}"
     assert httpx.get(f"{base}/events/", headers=bob_headers).status_code == 404
     assert httpx.get(f"{base}/", headers=bob_headers).status_code == 404

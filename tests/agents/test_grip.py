@@ -13,7 +13,7 @@ from django.test import override_settings
 from agents import stream
 from agents.models import Run
 
-from conftest import bearer, new_thread, start, wait_for_status
+from conftest import SESSION_REDIS, bearer, new_thread, start, wait_for_status
 from live import Live
 from pushpin import Pushpin
 from sse import assert_transcript, follow, follow_resuming
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 def grip_redis():
     """A Redis database of their own (queue, logs), so that the session's other workers, which
     do not publish to Pushpin, cannot take these runs; this process reads the logs there too."""
-    url = "redis://127.0.0.1:6379/13"
+    url = SESSION_REDIS.url.rsplit("/", 1)[0] + "/13"
     with override_settings(REDIS_URL=url):
         stream.client.cache_clear()
         stream._append_script.cache_clear()

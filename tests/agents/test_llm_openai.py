@@ -166,3 +166,39 @@ def test_it_returns_quietly_when_stopped_during_a_blocking_read(fake):
 
     assert time.monotonic() - stopped_at[0] < 1
     assert items == [TextDelta("Hel")]  # and no half-received tool call
+
+
+def stopped_within_a_second(model, delay=0.2):
+    """Stop `model`'s stream `delay` seconds in; the seconds from the stop to its end."""
+    stop = StopSignal()
+    stopped_at = []
+
+    def stop_soon():
+        time.sleep(delay)
+        stopped_at.append(time.monotonic())
+        stop.set()
+
+    threading.Thread(target=stop_soon, daemon=True).start()
+    assert list(model.stream(MESSAGES, [], stop)) == []
+    return time.monotonic() - stopped_at[0]
+
+
+def test_it_returns_quietly_when_stopped_before_the_first_byte(fake):
+    fake.script(silent=True)  # the request is read, and nothing comes back
+
+    assert stopped_within_a_second(model_for(fake)) < 1
+
+
+def test_it_returns_quietly_when_stopped_while_connecting():
+    # A listener whose backlog is full and that never accepts: the kernel drops the next SYNs,
+    # so a connect waits for its timeout (10 s) unless the stop cuts it short.
+    with socket.socket() as listener, socket.socket() as queued:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        queued.connect(("127.0.0.1", port))
+        model = OpenAIChatModel(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="", model="tiny", timeout=30
+        )
+
+        assert stopped_within_a_second(model) < 1

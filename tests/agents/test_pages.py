@@ -1,6 +1,8 @@
 """The chat pages as Django renders them: access, the list, rename and delete, and what the
 Markdown of a reply may contain."""
 
+import re
+
 import pytest
 from django.test import Client
 
@@ -37,6 +39,34 @@ def test_it_lists_chats_with_a_badge_while_a_run_is_active(alice, alice_web, thr
     assert '<span class="badge queued">queued</span>' in page
     assert page.index("Plans") < page.index("Idle")  # the latest activity first
     assert f"/chats/{idle.pk}/" in page
+
+
+def test_it_paginates_the_chat_list(alice, alice_web):
+    agent = alice.agents.get()
+    Thread.objects.bulk_create(
+        Thread(owner=alice, agent=agent, title=f"Chat {n:03}") for n in range(120)
+    )
+    first = alice_web.get("/chats/").content.decode()
+    assert len(re.findall(r'href="/chats/\d+/"', first)) == 50
+    assert "Chat 119" in first  # the latest first
+    assert 'href="?page=2"' in first
+    assert "Page 1 of 3" in first
+    last = alice_web.get("/chats/?page=3").content.decode()
+    assert len(re.findall(r'href="/chats/\d+/"', last)) == 20
+    assert "Chat 000" in last
+    assert 'href="?page=2"' in last
+    assert 'href="?page=4"' not in last
+    for page in ["abc", "99", "-1", "1e999"]:  # what a hand-edited address may hold
+        assert alice_web.get(f"/chats/?page={page}").status_code == 200
+
+
+def test_it_serves_a_favicon(alice_web):
+    page = alice_web.get("/chats/").content.decode()
+    assert '<link rel="icon" href="/static/relay/icon.svg" type="image/svg+xml">' in page
+    r = Client().get("/favicon.ico", follow=True)  # what browsers ask for, the admin's pages too
+    assert r.status_code == 200
+    assert r["Content-Type"] == "image/svg+xml"
+    assert b"<svg" in b"".join(r.streaming_content)
 
 
 def test_it_creates_renames_and_deletes_a_chat(alice, alice_web):

@@ -3,6 +3,7 @@
 
 import json
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -13,7 +14,7 @@ from agents import runner, services, stream, tasks
 from agents.models import Message, Run, Thread
 
 import fakellm
-from conftest import logged, wait_for_status
+from conftest import logged, wait_for, wait_for_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_queue")]
 
@@ -329,3 +330,88 @@ def test_it_runs_a_run_claimed_while_redis_is_away(alice, monkeypatch):
     run.refresh_from_db()
     assert run.status == Run.Status.COMPLETED
     assert len(thread.messages.get(role="assistant").content.split()) == 5
+
+
+def test_it_cuts_a_silent_model_off_at_the_time_limit(alice, settings):
+    settings.RUN_TIME_LIMIT = 1
+    with fakellm.FakeLLM() as fake:
+        settings.LLM_BASE_URL = fake.base_url
+        fake.script(silent=True)  # takes the request, then says nothing for LLM_TIMEOUT (120 s)
+        thread = make_thread(alice, model="gpt-test")
+        run = services.run_start(user=alice, thread=thread, message="Hi")
+        started = time.monotonic()
+        worker = threading.Thread(target=runner.execute, args=(run.pk,))
+        worker.start()
+        worker.join(3)
+        took = time.monotonic() - started
+        assert not worker.is_alive(), "the run was still running 3 s into a 1 s time limit"
+    run.refresh_from_db()
+    assert (run.status, run.error) == (
+        Run.Status.FAILED,
+        "the run took longer than its time limit (1 s)",
+    )
+    assert took < 2
+    assert logged(run)[-1][2]["status"] == "failed"
+
+
+def test_a_stop_before_the_time_limit_still_ends_the_run_stopped(alice, settings):
+    settings.RUN_TIME_LIMIT = 2
+    with fakellm.FakeLLM() as fake:
+        settings.LLM_BASE_URL = fake.base_url
+        fake.script(silent=True)
+        thread = make_thread(alice, model="gpt-test")
+        run = services.run_start(user=alice, thread=thread, message="Hi")
+        worker = threading.Thread(target=runner.execute, args=(run.pk,))
+        worker.start()
+        wait_for(lambda: fake.requests, timeout=5, message="the request to the model")
+        services.run_stop(run=Run.objects.get(pk=run.pk))
+        worker.join(3)
+        assert not worker.is_alive()
+    assert Run.objects.get(pk=run.pk).status == Run.Status.STOPPED
+
+
+def test_a_worker_that_lost_its_lease_stops_the_run_and_writes_nothing_more(alice, settings):
+    settings.RUN_HEARTBEAT_SECONDS = 3600  # the test renews, below
+    with fakellm.FakeLLM() as fake:
+        settings.LLM_BASE_URL = fake.base_url
+        # the second piece waits in the delta window, unsent, when the model goes quiet
+        fake.script([fakellm.text("Half "), fakellm.text("a reply")], hang=True)
+        thread = make_thread(alice, model="gpt-test")
+        run = services.run_start(user=alice, thread=thread, message="Hi")
+        worker = threading.Thread(target=runner.execute, args=(run.pk,))
+        worker.start()
+        wait_for(lambda: "message.delta" in [e[1] for e in logged(run)], message="a delta")
+        # the worker was slow (a long pause): its lease lapsed and the reaper ended the run
+        Run.objects.filter(pk=run.pk).update(lease_expires=timezone.now() - timedelta(seconds=1))
+        assert services.runs_reap() == 1
+        reaped = logged(run)
+        assert reaped[-1][2] == {"run": str(run.pk), "status": "failed", "error": "worker lost"}
+        runner.worker.renew(runner.worker.active())
+        worker.join(1)
+        assert not worker.is_alive(), "the run went on after its worker lost the lease"
+    assert logged(run) == reaped
+    assert thread.messages.get(role="assistant").content == "Half "  # what the reaper saved
+    run.refresh_from_db()
+    assert (run.status, run.error) == (Run.Status.FAILED, "worker lost")
+
+
+def test_a_worker_frozen_past_its_lease_writes_nothing_before_it_asks(alice, settings):
+    settings.RUN_HEARTBEAT_SECONDS = 3600  # no renewal comes from the heartbeat
+    with fakellm.FakeLLM() as fake:
+        settings.LLM_BASE_URL = fake.base_url
+        fake.script([fakellm.text(f"word{i} ") for i in range(20)], delay=0.2)
+        thread = make_thread(alice, model="gpt-test")
+        run = services.run_start(user=alice, thread=thread, message="Hi")
+        worker = threading.Thread(target=runner.execute, args=(run.pk,))
+        worker.start()
+        wait_for(lambda: "message.delta" in [e[1] for e in logged(run)], message="a delta")
+        # what a process frozen for longer than its lease finds when it wakes: no renewal for
+        # that long, and the reaper has ended the run meanwhile
+        [lease] = runner.worker.active().values()
+        lease.renewed -= settings.RUN_LEASE_SECONDS
+        Run.objects.filter(pk=run.pk).update(lease_expires=timezone.now() - timedelta(seconds=1))
+        assert services.runs_reap() == 1
+        reaped = logged(run)
+        worker.join(2)
+        assert not worker.is_alive(), "the run went on after its worker lost the lease"
+    assert logged(run) == reaped

@@ -2,19 +2,17 @@
 empty on the same port. These tests start a redis-server of their own, and web and worker
 processes on it, so the Redis everyone else uses is left alone."""
 
-import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import redis
 
 from agents import stream
 from agents.models import Run
 
 from conftest import at_scale, bearer, new_thread, start, start_live, wait_for, wait_for_status
-from live import free_port
+from redis_server import RedisServer
 from sse import assert_transcript, follow_resuming
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -22,38 +20,9 @@ pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.django_db(transac
 RUNS = at_scale(3, 20)  # runs in flight when Redis goes away
 
 
-class RedisServer:
-    """A redis-server on a free port that keeps nothing on disk: a restart comes back empty."""
-
-    def __init__(self, tmp):
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.log = tmp / "redis.log"
-        self.start()
-
-    def start(self):
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--logfile", str(self.log)],
-        )  # fmt: skip
-        client = redis.Redis(port=self.port)
-        wait_for(lambda: _answers(client), timeout=10, message=f"redis-server on {self.port}")
-
-    def kill(self):
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-
-def _answers(client):
-    try:
-        return client.ping()
-    except redis.ConnectionError:
-        return False
-
-
 @pytest.fixture
 def own_redis(tmp_path, settings):
-    server = RedisServer(tmp_path)
+    server = RedisServer(tmp_path)  # a second one: this one is killed and restarted
     # This process reads the run logs from it too (it starts runs through the web process). The
     # cached client and the script registered on it must go with the old URL.
     settings.REDIS_URL = server.url

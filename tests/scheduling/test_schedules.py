@@ -188,6 +188,22 @@ def test_it_records_a_fire_that_could_not_start_and_why(alice, settings):
     assert "active runs, the most allowed" in fire.reason
 
 
+@pytest.mark.parametrize("target", ["agent", "workflow"])
+def test_a_fire_refused_over_the_active_run_cap_leaves_no_thread(alice, settings, target):
+    settings.RUN_MAX_ACTIVE_PER_USER = 0
+    if target == "agent":
+        schedule = agent_schedule(alice, cron="* * * * *", timezone="UTC")
+    else:
+        definition = {"steps": [{"id": "s", "type": "agent", "prompt": "Hi"}]}
+        workflow = Workflow.objects.create(owner=alice, name="W", definition=definition)
+        schedule = Schedule.objects.create(
+            owner=alice, name="W", target="workflow", workflow=workflow, cron="* * * * *"
+        )
+    fire = schedule_fire(schedule_id=schedule.pk, now=at(2026, 11, 25, 12, 0))
+    assert fire.outcome == Fire.Outcome.FAILED
+    assert not Thread.objects.exists()
+
+
 # the API
 
 

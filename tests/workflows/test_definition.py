@@ -1,11 +1,13 @@
 """Tests for workflow definitions: validation, input checks, templates and conditions."""
 
 import copy
+import tracemalloc
 
 import pytest
 
 from workflows.definition import (
     ConditionError,
+    TooLong,
     check_inputs,
     evaluate,
     guarded_steps,
@@ -166,6 +168,16 @@ def test_it_rejects_a_default_of_the_wrong_type():
         ("inputs[1].default", "default must be a number"),
         ("inputs[2].default", "default must be true or false"),
         ("inputs[3].default", "default must be a string"),
+    ]
+
+
+def test_it_rejects_a_default_over_the_message_limit(settings):
+    settings.RUN_MESSAGE_MAX_BYTES = 10
+    definition = with_steps(
+        agent("s"), inputs=[{"name": "x", "type": "string", "default": "é" * 6}]
+    )
+    assert errors(definition) == [
+        ("inputs[0].default", "the default is 12 bytes, more than the limit of 10")
     ]
 
 
@@ -529,6 +541,42 @@ def test_it_reports_several_input_errors_at_once():
     assert sorted(p["path"] for p in problems) == ["inputs.a", "inputs.topic", "inputs.zzz"]
 
 
+def test_it_bounds_each_input_and_all_of_them_by_the_message_limit(settings):
+    settings.RUN_MESSAGE_MAX_BYTES = 100
+    definition = with_steps(agent("s"), inputs=[
+        {"name": "x", "type": "string"}, {"name": "y", "type": "json"}
+    ])  # fmt: skip
+    assert check_inputs(definition, {"x": "a" * 50, "y": ["b" * 30]})[1] == []
+    assert check_inputs(definition, {"x": "é" * 51})[1] == [
+        {"path": "inputs.x", "message": "this input is 102 bytes, more than the limit of 100"}
+    ]
+    assert check_inputs(definition, {"x": "a" * 60, "y": ["b" * 40]})[1] == [
+        {
+            "path": "inputs",
+            "message": "the inputs are 117 bytes as JSON, more than the limit of 100",
+        }
+    ]
+
+
+def test_it_refuses_inputs_that_would_render_a_prompt_or_arguments_over_the_limit(settings):
+    settings.RUN_MESSAGE_MAX_BYTES = 100
+    definition = with_steps(
+        {"id": "t", "type": "tool", "tool": "calculator",
+         "arguments": {"expression": "{{ inputs.x }}{{ inputs.x }}"}},
+        agent("a", "{{ steps.t.output }}" + "{{ inputs.x }}" * 3),
+        inputs=[{"name": "x", "type": "string"}],
+    )  # fmt: skip
+    assert check_inputs(definition, {"x": "a" * 30})[1] == []
+    assert check_inputs(definition, {"x": "a" * 40})[1] == [
+        {"path": "steps[1].prompt", "message": "with these inputs, the rendered text would be"
+         " more than 100 bytes, the most a message may have"},
+    ]  # fmt: skip
+    assert [e["path"] for e in check_inputs(definition, {"x": "a" * 60})[1]] == [
+        "steps[0].arguments",
+        "steps[1].prompt",
+    ]
+
+
 # render
 
 
@@ -582,6 +630,45 @@ def test_it_renders_string_arguments_and_keeps_the_others():
     }
     assert arguments == original
     assert render_arguments(None, CONTEXT) == {}
+
+
+def test_it_renders_up_to_the_message_limit_in_bytes(settings):
+    settings.RUN_MESSAGE_MAX_BYTES = 10
+    assert render("{{ inputs.s }}é{{ inputs.s }}", {"inputs": {"s": "abcd"}}) == "abcdéabcd"
+    with pytest.raises(TooLong, match="more than 10 bytes"):
+        render("{{ inputs.s }}éé{{ inputs.s }}", {"inputs": {"s": "abcd"}})
+    with pytest.raises(TooLong):
+        render("{{ steps.x.output }}", {"steps": {"x": "a" * 11}})
+
+
+def test_it_stops_rendering_as_soon_as_the_limit_is_passed():
+    # The attack of issue 11: one input referenced 2,000 times. Built whole, this is 64 MB.
+    template = "{{ inputs.s }}" * 2000
+    tracemalloc.start()
+    try:
+        with pytest.raises(TooLong):
+            render(template, {"inputs": {"s": "x" * 32_000}})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
+
+
+def test_it_bounds_a_steps_arguments_together(settings):
+    settings.RUN_MESSAGE_MAX_BYTES = 10
+    context = {"inputs": {"s": "abcd"}}
+    assert render_arguments({"a": "{{ inputs.s }}", "b": "{{ inputs.s }}"}, context)
+    with pytest.raises(TooLong, match=r"arguments.*more than 10 bytes"):
+        render_arguments({"a": "{{ inputs.s }}", "b": "{{ inputs.s }}", "c": "xyz"}, context)
+
+
+def test_it_bounds_what_a_condition_renders(settings):
+    settings.RUN_MESSAGE_MAX_BYTES = 10
+    with pytest.raises(ConditionError, match="more than 10 bytes"):
+        evaluate(
+            {"contains": ["{{ inputs.s }}{{ inputs.s }}{{ inputs.s }}", "x"]},
+            CONTEXT | {"inputs": {"s": "abcd"}},
+        )
 
 
 # evaluate

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 
-from agents.models import Run
+from agents.models import Message, Run, Thread
 from workflows.models import Workflow
 
 from examples import THREE_STEPS
@@ -119,3 +119,62 @@ def test_it_retries_only_a_failed_workflow_run(alice, alice_api, workflow):
     r = alice_api.post(f"/api/runs/{run_id}/retry/")
     assert r.status_code == 409
     assert "Only a failed workflow run" in r.json()["detail"]
+
+
+def saved():
+    return Thread.objects.count(), Run.objects.count(), Message.objects.count()
+
+
+def test_it_refuses_a_start_whose_inputs_would_render_past_the_message_limit(alice, alice_api):
+    # Issue 11's attack, at a tenth of its size: one input referenced 2,000 times.
+    definition = {
+        "inputs": [{"name": "s", "type": "string", "required": True}],
+        "steps": [{"id": "echo", "type": "agent", "prompt": "{{inputs.s}}" * 2000}],
+    }
+    workflow = Workflow.objects.create(owner=alice, name="Echo", definition=definition)
+    before = saved()
+    r = alice_api.post(
+        f"/api/workflows/{workflow.pk}/runs/", {"inputs": {"s": "x" * 10_000}}, format="json"
+    )
+    assert r.status_code == 400
+    assert r.json()["inputs"] == [
+        {"path": "steps[0].prompt", "message": "with these inputs, the rendered text would be more"
+         " than 32768 bytes, the most a message may have"}
+    ]  # fmt: skip
+    assert saved() == before
+
+
+def test_it_refuses_an_input_larger_than_a_message(alice_api, workflow):
+    before = saved()
+    inputs = {"a": 1, "topic": "x" * 100_000}
+    r = alice_api.post(f"/api/workflows/{workflow.pk}/runs/", {"inputs": inputs}, format="json")
+    assert r.status_code == 400
+    assert r.json()["inputs"] == [
+        {"path": "inputs.topic", "message": "this input is 100000 bytes, more than the limit"
+         " of 32768"}
+    ]  # fmt: skip
+    assert saved() == before
+
+
+def test_a_start_refused_over_the_active_run_cap_saves_nothing(alice_api, workflow, settings):
+    settings.RUN_MAX_ACTIVE_PER_USER = 0
+    before = saved()
+    r = alice_api.post(f"/api/workflows/{workflow.pk}/runs/", {"inputs": {"a": 1}}, format="json")
+    assert r.status_code == 429
+    assert saved() == before
+
+
+def test_a_start_refused_on_a_busy_thread_saves_nothing(alice_api, workflow, no_queue):
+    url = f"/api/workflows/{workflow.pk}/runs/"
+    first = alice_api.post(url, {"inputs": {"a": 1}}, format="json").data
+    before = saved()
+    r = alice_api.post(url, {"inputs": {"a": 1}, "thread": first["thread"]}, format="json")
+    assert r.status_code == 409
+    assert saved() == before
+
+
+def test_a_start_refused_for_its_inputs_saves_nothing(alice_api, workflow):
+    before = saved()
+    r = alice_api.post(f"/api/workflows/{workflow.pk}/runs/", {"inputs": {}}, format="json")
+    assert r.status_code == 400
+    assert saved() == before

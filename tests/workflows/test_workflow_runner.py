@@ -8,6 +8,7 @@ from agents import runner, services, tasks
 from agents.models import Agent, Run
 from workflows.models import Workflow
 
+import fakellm
 from examples import THREE_STEPS
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -54,3 +55,47 @@ def test_a_condition_that_cannot_be_decided_fails_the_run_naming_the_step(alice)
     assert run.status == Run.Status.FAILED
     assert run.error.startswith("step 'check' failed:")
     assert run.steps.get().status == "failed"
+
+
+def test_a_step_whose_prompt_renders_past_the_message_limit_fails_naming_it(alice, settings):
+    # The inputs pass the start's check; the first step's reply is known only at run time.
+    settings.RUN_MESSAGE_MAX_BYTES = 1000
+    agent = alice.agents.get()
+    agent.config = {"demo": {"words": 300, "delay_ms": 0}}
+    agent.save()
+    definition = {
+        "steps": [
+            {"id": "draft", "type": "agent", "prompt": "Write"},
+            {"id": "echo", "type": "agent", "prompt": "{{ steps.draft.output }}"},
+        ]
+    }
+    workflow = Workflow.objects.create(owner=alice, name="W", definition=definition)
+    run = services.workflow_start(user=alice, workflow=workflow, inputs={})
+    runner.execute(run.pk)
+    run.refresh_from_db()
+    assert run.status == Run.Status.FAILED
+    assert run.error == (
+        "step 'echo' failed: the rendered text would be more than 1000 bytes,"
+        " the most a message may have"
+    )
+    assert [s.status for s in run.steps.all()] == ["completed", "failed"]
+    assert [m.content for m in run.messages.filter(role="user")] == ["Write"]
+
+
+def test_a_step_cut_off_at_the_time_limit_fails_with_the_run(alice, settings):
+    settings.RUN_TIME_LIMIT = 1
+    with fakellm.FakeLLM() as fake:
+        settings.LLM_BASE_URL = fake.base_url
+        fake.script(silent=True)  # takes the request, then says nothing
+        agent = Agent.objects.create(owner=alice, name="Remote", model="gpt-remote")
+        definition = {
+            "inputs": [],
+            "steps": [{"id": "ask", "type": "agent", "agent": agent.pk, "prompt": "Hi"}],
+        }
+        workflow = Workflow.objects.create(owner=alice, name="W", definition=definition)
+        run = services.workflow_start(user=alice, workflow=workflow, inputs={})
+        runner.execute(run.pk)
+    run.refresh_from_db()
+    over = "the run took longer than its time limit (1 s)"
+    assert (run.status, run.error) == (Run.Status.FAILED, over)
+    assert [(s.status, s.error) for s in run.steps.all()] == [("failed", over)]

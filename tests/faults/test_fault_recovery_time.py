@@ -1,0 +1,59 @@
+"""Fault: a worker is killed (SIGKILL) in the middle of a run, at the default lease, heartbeat
+and reaper settings (not the short ones of conftest's start_live): the run must end, its terminal
+event on its stream, within 30 s of the kill."""
+
+import random
+import signal
+import time
+
+import pytest
+
+from agents import services
+from agents.models import Run
+
+from conftest import logged, new_thread, wait_for, wait_for_status
+from live import Live
+
+pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+RECOVERY_SECONDS = 30  # the promise: a killed worker's run ends within this long
+DEFAULTS_OF = ("RUN_LEASE_SECONDS", "RUN_HEARTBEAT_SECONDS", "RUN_REAPER_SECONDS")
+
+
+def terminal_event(run):
+    events = logged(run)
+    if events and events[-1][1] == "run.status" and events[-1][2]["status"] in Run.TERMINAL:
+        return events[-1][2]
+    return None
+
+
+def test_a_killed_workers_run_ends_within_30_s_at_the_default_settings(alice, tmp_path):
+    processes = Live(tmp_path)
+    for name in DEFAULTS_OF:  # whatever this shell says, the processes get the code's defaults
+        processes.env.pop(name, None)
+    try:
+        # two workers, as a deployment has: the survivor executes the reaper beat sends
+        processes.start_worker("worker-a")
+        processes.start_worker("worker-b")
+        processes.start_beat()
+        run = services.run_start(
+            user=alice, thread=new_thread(alice, words=2000, delay_ms=50), message="Go on"
+        )
+        running = wait_for_status(run.pk, Run.Status.RUNNING, timeout=60)
+        wait_for(lambda: len(logged(run)) > 5, message="the run's reply to be streaming")
+        # anywhere in the (default, 5 s) heartbeat period: just after a renewal is the slowest
+        time.sleep(random.uniform(0, 5))
+        pid = int(running.lease_owner.rsplit(":", 1)[1])
+        [victim] = [name for name, p in processes.processes.items() if p.pid == pid]
+        killed = time.monotonic()
+        processes.stop(victim, signal.SIGKILL)
+        ended = wait_for(
+            lambda: terminal_event(run), timeout=RECOVERY_SECONDS + 30, interval=0.1,
+            message="the killed worker's run to end",
+        )  # fmt: skip
+        took = time.monotonic() - killed
+    finally:
+        processes.stop_all()
+    print(f"SIGKILL to the terminal event: {took:.1f} s (default settings)")
+    assert ended == {"run": str(run.pk), "status": "failed", "error": "worker lost"}
+    assert took <= RECOVERY_SECONDS, f"{took:.1f} s from SIGKILL to the run's end"
