@@ -12,8 +12,10 @@ from playwright.sync_api import expect, sync_playwright
 
 from agents import services, stream
 from agents.models import Message, Run, Thread
+from workflows.models import Workflow
 
 from conftest import wait_for_status
+from examples import THREE_STEPS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -281,10 +283,6 @@ def test_it_shows_a_busy_thread_on_the_page(page, alice):
 
 
 def test_it_runs_a_workflow_from_its_form(page, alice):
-    from workflows.models import Workflow
-
-    from examples import THREE_STEPS
-
     workflow = Workflow.objects.create(owner=alice, name="Sum and explain", definition=THREE_STEPS)
     page.click("text=Workflows")
     page.click("text=Sum and explain")
