@@ -14,6 +14,7 @@ Pushpin is answered at once (`_held`) and Pushpin holds the connection: agents/g
 
 import asyncio
 import logging
+import time
 
 import redis
 from asgiref.sync import sync_to_async
@@ -26,7 +27,7 @@ from django_eventstream.utils import sse_encode_event
 from django_eventstream.views import Listener, RedisListener, get_listener_manager
 from rest_framework.exceptions import APIException
 
-from . import grip
+from . import grip, stream
 from .auth import TokenAuthentication
 from .models import Run
 from .stream import StreamStorage, is_terminal
@@ -34,6 +35,7 @@ from .stream import StreamStorage, is_terminal
 log = logging.getLogger(__name__)
 
 READ_LIMIT = 100
+MAX_EVENT_ID = 2**63 - 1
 OPENING = ":" + " " * 2048 + "\n\nevent: stream-open\ndata:\n\n"  # padding flushes proxies
 
 
@@ -51,7 +53,8 @@ async def run_events(request, run_id):
             if not grip.granted(request, channel):
                 return _not_found()
         else:
-            outcome = await sync_to_async(_open, thread_sensitive=False)(request, run_id, last_id)
+            opened = sync_to_async(_open, thread_sensitive=False)
+            outcome = await opened(request, run_id, last_id, counted=not proxied)
             if isinstance(outcome, HttpResponse):
                 return outcome
         if proxied:
@@ -61,7 +64,8 @@ async def run_events(request, run_id):
         return JsonResponse(
             {"detail": "The event stream is unavailable; retry shortly."}, status=503
         )
-    return event_stream(_stream(channel, last_id, user_id=outcome))
+    user_id, slot = outcome
+    return event_stream(_stream(channel, last_id, user_id=user_id, slot=slot))
 
 
 def event_stream(events):
@@ -83,14 +87,18 @@ def last_event_id(request, channel, recovery=False):
     if not raw:
         return 0
     name, _, number = raw.rpartition(":")
-    if name not in ("", channel) or not number.isdigit():
-        raise ValueError(f"Last-Event-ID must be {channel}:<number>, not {raw!r}.")
+    if name not in ("", channel) or not (number.isascii() and number.isdigit()):
+        raise ValueError(f"Last-Event-ID must be {channel}:<number>, not {raw[:200]!r}.")
+    # Redis takes stream ids below 2^64; ours stay below 2^53 (agents/stream.py)
+    if len(number) > 19 or int(number) > MAX_EVENT_ID:
+        raise ValueError(f"Last-Event-ID's number must be at most {MAX_EVENT_ID}.")
     return int(number)
 
 
-def _open(request, run_id, last_id):
+def _open(request, run_id, last_id, *, counted):
     """Authorize the request and decide what to answer. Returns a response, or the user's id
-    when the stream should open."""
+    and, when `counted` (the web process holds the stream), its slot among the user's open
+    streams, when the stream should open."""
     try:
         try:
             authenticated = TokenAuthentication().authenticate(request)
@@ -107,7 +115,18 @@ def _open(request, run_id, last_id):
         user_id = user.pk
     finally:
         connection.close()
-    return _settled(f"run-{run_id}", last_id, status) or user_id
+    settled = _settled(f"run-{run_id}", last_id, status)
+    if settled or not counted:
+        return settled or (user_id, None)
+    slot = stream.stream_slot_take(user_id)
+    if slot is None:
+        cap = settings.SSE_MAX_STREAMS_PER_USER
+        return JsonResponse(
+            {"detail": f"You have {cap} event streams open, the most allowed; close one first.",
+             "code": "too_many_streams"},
+            status=429,
+        )  # fmt: skip
+    return user_id, slot
 
 
 def _not_found():
@@ -187,8 +206,10 @@ async def _gone(channel):
     yield OPENING + _reset(channel, 0)
 
 
-async def _stream(channel, last_id, *, user_id):
+async def _stream(channel, last_id, *, user_id, slot):
     read = sync_to_async(_read, thread_sensitive=False)
+    renew = sync_to_async(_renew, thread_sensitive=False)
+    renew_at = time.monotonic() + settings.SSE_KEEPALIVE_SECONDS
     listener = Listener()
     listener.user_id = user_id
     listener.channels = {channel}
@@ -232,12 +253,31 @@ async def _stream(channel, last_id, *, user_id):
                 return
             if from_log:
                 continue
+            if time.monotonic() >= renew_at:
+                await renew(user_id, slot)
+                renew_at = time.monotonic() + settings.SSE_KEEPALIVE_SECONDS
             try:
                 await asyncio.wait_for(listener.aevent.wait(), settings.SSE_KEEPALIVE_SECONDS)
             except TimeoutError:
                 yield ": keep-alive\n\n"
     finally:
         manager.remove_listener(listener)
+        # in a thread, not awaited: the stream may be ending by cancellation
+        asyncio.get_running_loop().run_in_executor(None, _free, user_id, slot)
+
+
+def _renew(user_id, slot):
+    try:
+        stream.stream_slot_renew(user_id, slot)
+    except redis.RedisError as exc:  # the slot lapses; the stream itself goes on
+        log.warning("could not renew an event stream's slot: %s", exc)
+
+
+def _free(user_id, slot):
+    try:
+        stream.stream_slot_free(user_id, slot)
+    except redis.RedisError as exc:
+        log.warning("could not free an event stream's slot (it lapses): %s", exc)
 
 
 class ResilientRedisListener(RedisListener):

@@ -8,15 +8,17 @@ it follows on from the last one the connection has; otherwise it asks the web pr
 through the `Grip-Link` next URL, for what comes after that last id (its recovery path), so
 ordering and no-duplicates hold as in the direct mode, whatever order publishes arrive in.
 
-GRIP_URL may carry Pushpin's signing key, as django_grip spells it
-(`http://127.0.0.1:5561?verify-iss=pushpin&verify-key=<sig_key>`); then only requests that
-Pushpin signed are treated as proxied. docs/deploy.md has the whole setup.
+GRIP_URL must carry Pushpin's signing key, as django_grip spells it
+(`http://127.0.0.1:5561?verify-iss=pushpin&verify-key=<sig_key>`; the settings refuse a GRIP_URL
+without one): only requests that Pushpin signed are treated as proxied, so only those are
+answered without the client's credentials. docs/deploy.md has the whole setup.
 """
 
 import base64
 import http.client
 import json
 import logging
+import time
 from functools import cache
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -31,6 +33,9 @@ KEEP_ALIVE = base64.b64encode(b": keep-alive\n\n").decode()
 # Pushpin asks for a held stream's next link when it has received nothing for this long; the
 # answer is then empty. Its default, 120 s, would make idle streams cost requests.
 LINK_TIMEOUT = 3600
+# A grant's expiry is rounded up to this many seconds, so that the clients of a run share one
+# link (Pushpin then recovers once for all of them) while it stays the same.
+GRANT_BUCKET = 60
 
 
 def enabled():
@@ -53,8 +58,6 @@ def proxied(request):
     if not enabled() or not signature:
         return False
     *_, key, issuer = _control(settings.GRIP_URL)
-    if key is None:
-        return True
     try:
         jwt.decode(signature, key, algorithms=["HS256"], issuer=issuer)
     except jwt.InvalidTokenError:
@@ -67,10 +70,14 @@ def hold_headers(request, channel, last_id):
     repeated in full in every answer to a recovery, which replaces them.
 
     A recovery request carries none of the client's headers, so the next link carries a
-    signed grant for the channel. It is the same for every client of a run, so Pushpin asks
-    once for all of them (it makes at most ten such requests a second), and it never reaches
-    a client: Pushpin strips the Grip- headers."""
-    grant = signing.Signer(salt=LINK_SALT).sign(channel)
+    signed grant for the channel. It is the same for every client of a run (within a
+    GRANT_BUCKET), so Pushpin asks once for all of them (it makes at most ten such requests a
+    second), and it never reaches a client: Pushpin strips the Grip- headers. It expires when
+    the run's log does at the latest (the longest run, then the retention window), and it is
+    honoured only on a request Pushpin signed."""
+    lifetime = settings.RUN_TIME_LIMIT + settings.RUN_EVENTS_RETENTION
+    expires = -(-int(time.time() + lifetime) // GRANT_BUCKET) * GRANT_BUCKET
+    grant = signing.Signer(salt=LINK_SALT).sign(f"{channel}@{expires}")
     return {
         "Grip-Hold": "stream",
         "Grip-Channel": f"{channel}; prev-id={last_id}",
@@ -84,11 +91,14 @@ def hold_headers(request, channel, last_id):
 
 
 def granted(request, channel):
-    """Whether a recovery request's link was made for `channel` by this application."""
+    """Whether a recovery request's link was made for `channel` by this application, and has
+    not expired."""
     try:
-        return signing.Signer(salt=LINK_SALT).unsign(request.GET.get("grant", "")) == channel
+        value = signing.Signer(salt=LINK_SALT).unsign(request.GET.get("grant", ""))
     except signing.BadSignature:
         return False
+    granted_channel, _, expires = value.rpartition("@")
+    return granted_channel == channel and expires.isdigit() and int(expires) > time.time()
 
 
 def publish(channel, event_id, content, close=False):

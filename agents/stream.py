@@ -3,6 +3,8 @@ django-eventstream), the events a run emits, and its stop flag."""
 
 import json
 import logging
+import time
+import uuid
 from functools import cache
 
 import redis
@@ -18,24 +20,68 @@ log = logging.getLogger(__name__)
 
 STOP_CHANNEL = "relay:run-stop"
 
-# The next id is one more than the last entry's (MAXLEN trimming always keeps the newest), so id
-# and XADD are one atomic step however many processes append to the channel. With ARGV[6] set
-# it also publishes the event on django-eventstream's pub/sub channel, in the message format
-# its listener reads, saving the round trip of a separate PUBLISH. With KEYS[2] (a run's
-# terminal event) it appends only if that key was not set yet, so a run ends once in its log
-# whoever announces it: the process that ended it, or the repair after that process died.
+# The next id is one more than the last entry's (trimming always keeps the newest), so id and
+# XADD are one atomic step however many processes append to the channel, and a run's first
+# event (ARGV[8]) starts its log at 1. Otherwise, when the log is gone (Redis restarted without
+# persistence, or the log was dropped) or was written by another Redis server (KEYS[2] keeps
+# the writer's run_id: a restart that restored it from disk may have lost its last appends, and
+# so may a failover to a replica), the numbering jumps to the server's clock in milliseconds,
+# beyond every id the log had, so a client's id from before is never taken for an event of the
+# new numbering: it gets stream-reset instead of a silent gap. Such ids stay below 2^53, exact
+# as JavaScript numbers.
+# KEYS[2] also counts the bytes of the entries' type and data: once over ARGV[7] (or ARGV[1]
+# entries), the oldest entries go, never the newest, so the log holds at most the cap plus its
+# newest event, and a client whose id is older than the log gets stream-reset.
+# With ARGV[6] set it also publishes the event on django-eventstream's pub/sub channel, in the
+# message format its listener reads, saving the round trip of a separate PUBLISH. KEYS[3] marks
+# the run's end: a terminal event (ARGV[9]) appends only if it was not set yet, so a run ends
+# once in its log whoever announces it (the process that ended it, or the repair after that
+# process died), and nothing appends after it (a late tool result, a worker that lost its run).
 APPEND = """
-if KEYS[2] and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[4]) then return 0 end
+if ARGV[9] == '1' then
+  if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[4]) then return 0 end
+elseif redis.call('EXISTS', KEYS[3]) == 1 then
+  return 0
+end
+local server = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local n = 1
-if #last > 0 then n = tonumber(string.match(last[1][1], '^(%d+)')) + 1 end
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], n .. '-0', 't', ARGV[2], 'd', ARGV[3])
+if #last > 0 then
+  n = tonumber(string.match(last[1][1], '^(%d+)')) + 1
+end
+if (#last > 0 and redis.call('HGET', KEYS[2], 'server') ~= server)
+    or (#last == 0 and ARGV[8] == '0') then
+  local now = redis.call('TIME')
+  n = math.max(n, tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+end
+local id = string.format('%d', n)
+redis.call('XADD', KEYS[1], id .. '-0', 't', ARGV[2], 'd', ARGV[3])
+redis.call('HSET', KEYS[2], 'server', server)
+local bytes = redis.call('HINCRBY', KEYS[2], 'bytes', #ARGV[2] + #ARGV[3])
+local count = redis.call('XLEN', KEYS[1])
+local cap, maxlen = tonumber(ARGV[7]), tonumber(ARGV[1])
+if bytes > cap or count > maxlen then
+  local cut
+  while count > 1 and (bytes > cap or count > maxlen) do
+    local batch = redis.call('XRANGE', KEYS[1], cut and ('(' .. cut) or '-', '+', 'COUNT', 16)
+    for _, entry in ipairs(batch) do
+      if count == 1 or (bytes <= cap and count <= maxlen) then break end
+      bytes = bytes - #entry[2][2] - #entry[2][4]
+      count = count - 1
+      cut = entry[1]
+    end
+  end
+  local keep = tonumber(string.match(cut, '^(%d+)')) + 1
+  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', keep) .. '-0')
+  redis.call('HSET', KEYS[2], 'bytes', bytes)
+end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
 if ARGV[6] == '1' then
   redis.call('PUBLISH', 'events_channel', cjson.encode(
-    {channel = ARGV[5], event_type = ARGV[2], data = ARGV[3], pub_id = tostring(n)}))
+    {channel = ARGV[5], event_type = ARGV[2], data = ARGV[3], pub_id = id}))
 end
-return n
+return id
 """
 
 
@@ -65,6 +111,11 @@ def log_key(channel):
     return f"relay:events:{{{channel}}}"
 
 
+def meta_key(channel):
+    """The log's size in bytes, and the Redis server that wrote it."""
+    return f"relay:log:{{{channel}}}"
+
+
 def ended_key(channel):
     return f"relay:ended:{{{channel}}}"
 
@@ -75,17 +126,22 @@ def _entry_id(entry_id):
 
 class StreamStorage(StorageBase):
     """Event log for django-eventstream on Redis Streams: ids 1, 2, 3... per channel, no gaps,
-    capped at RUN_EVENTS_MAXLEN entries; an id older than the log raises EventDoesNotExist
-    (the client gets stream-reset and reloads from the database)."""
+    capped at RUN_EVENTS_MAX_BYTES (and RUN_EVENTS_MAXLEN entries); an id older than the log,
+    ahead of it, or from a log Redis lost raises EventDoesNotExist (the client gets
+    stream-reset and reloads from the database)."""
 
-    def append_event(self, channel, event_type, data, publish=False, once=False):
-        """The appended event; with `once`, None if the channel's terminal event is in."""
+    def append_event(self, channel, event_type, data, publish=False, once=False, first=True):
+        """The appended event, or None when the channel's terminal event is in already (`once`:
+        this is a terminal event, to be appended once). With
+        `first` false (emit: every event of a run but its first) a log made for the event is
+        one that Redis lost, numbered beyond it."""
         # Live logs outlive the longest run; retain() shortens that once the run ends.
         ttl = settings.RUN_TIME_LIMIT + settings.RUN_EVENTS_RETENTION
-        args = [settings.RUN_EVENTS_MAXLEN, event_type, data, ttl, channel, int(publish)]
-        keys = [log_key(channel), *([ended_key(channel)] if once else [])]
+        args = [settings.RUN_EVENTS_MAXLEN, event_type, data, ttl, channel, int(publish),
+                settings.RUN_EVENTS_MAX_BYTES, int(first), int(once)]  # fmt: skip
+        keys = [log_key(channel), meta_key(channel), ended_key(channel)]
         n = _append_script()(keys=keys, args=args)
-        return Event(channel, event_type, data, id=int(n)) if n else None
+        return Event(channel, event_type, data, id=int(n)) if int(n) else None
 
     def get_events(self, channel, last_id, limit=100):
         last_id = int(last_id)
@@ -125,8 +181,12 @@ def emit(run_id, event_type, **data):
     channel = f"run-{run_id}"
     payload = json.dumps({"run": str(run_id), **data}, cls=DjangoJSONEncoder)
     once = event_type == "run.status" and data.get("status") in Run.TERMINAL
+    first = event_type == "run.status" and data.get("status") == Run.Status.QUEUED
+    storage = StreamStorage()
     try:
-        event = StreamStorage().append_event(channel, event_type, payload, publish=True, once=once)
+        event = storage.append_event(
+            channel, event_type, payload, publish=True, once=once, first=first
+        )
     except redis.RedisError as exc:
         log.warning("run %s: could not emit %s: %s", run_id, event_type, exc)
         return
@@ -150,10 +210,35 @@ def unannounced(run_ids):
     }
 
 
+def retained_key(user_id):
+    return f"relay:retained:{user_id}"
+
+
 def retain(run_id):
-    """Give a finished run's log its retention window."""
+    """Give a finished run's log its retention window, and drop the logs of its owner's older
+    ended runs beyond the newest RUN_EVENTS_RETAINED_PER_USER: one user's retained logs hold at
+    most that many times RUN_EVENTS_MAX_BYTES, however many runs they end in an hour. A client
+    of a dropped log gets stream-reset and reloads the ended run from the database."""
+    from .models import Run
+
+    channel = f"run-{run_id}"
+    owner = Run.objects.filter(pk=run_id).values_list("owner_id", flat=True).first()
+    retention, kept = settings.RUN_EVENTS_RETENTION, settings.RUN_EVENTS_RETAINED_PER_USER
     try:
-        client().expire(log_key(f"run-{run_id}"), settings.RUN_EVENTS_RETENTION)
+        with client().pipeline() as pipe:
+            pipe.expire(log_key(channel), retention)
+            pipe.expire(meta_key(channel), retention)
+            if owner is not None:
+                key, now = retained_key(owner), time.time()
+                pipe.zadd(key, {channel: now})
+                pipe.zremrangebyscore(key, "-inf", now - retention)  # expired by themselves
+                pipe.zrange(key, 0, -kept - 1)
+                pipe.zremrangebyrank(key, 0, -kept - 1)
+                pipe.expire(key, retention)
+            replies = pipe.execute()
+        dropped = replies[4] if owner is not None else []
+        if dropped:
+            client().delete(*[k for c in dropped for k in (log_key(c), meta_key(c))])
     except redis.RedisError as exc:
         log.warning("run %s: could not set the log's retention: %s", run_id, exc)
 
@@ -162,6 +247,46 @@ def is_terminal(event):
     from .models import Run
 
     return event.type == "run.status" and json.loads(event.data)["status"] in Run.TERMINAL
+
+
+# A user's open event streams (direct mode): a sorted set of slot ids, each scored with the time
+# (Redis' clock, in ms) it lapses unless its stream renews it, so the slots of a web process
+# that died free themselves within a lease. ARGV[3] = '1' takes a new slot, if under the cap.
+SLOT = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
+if ARGV[3] == '1' and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+@cache
+def _slot_script():
+    return client().register_script(SLOT)
+
+
+def _slot(user_id, slot, take):
+    # renewed at every keep-alive period at the latest: three of them make a lease
+    lease = int(3000 * settings.SSE_KEEPALIVE_SECONDS)
+    args = [settings.SSE_MAX_STREAMS_PER_USER, lease, int(take), slot]
+    return _slot_script()(keys=[f"relay:streams:{user_id}"], args=args)
+
+
+def stream_slot_take(user_id):
+    """A slot for one more open stream of the user's, or None at SSE_MAX_STREAMS_PER_USER."""
+    slot = uuid.uuid4().hex
+    return slot if _slot(user_id, slot, take=True) else None
+
+
+def stream_slot_renew(user_id, slot):
+    _slot(user_id, slot, take=False)
+
+
+def stream_slot_free(user_id, slot):
+    client().zrem(f"relay:streams:{user_id}", slot)
 
 
 def stop_key(run_id):

@@ -13,6 +13,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 os.environ.setdefault("DATABASE_URL", f"sqlite:///{ROOT / 'var' / 'bench.sqlite3'}")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/14")
 os.environ.setdefault("RUN_MAX_ACTIVE_PER_USER", "100000")
+os.environ.setdefault("SSE_MAX_STREAMS_PER_USER", "100000")  # one user opens every stream
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 # as in production: DEBUG keeps every query in memory and wraps every cursor
 os.environ.setdefault("DEBUG", "0")

@@ -2,7 +2,7 @@
 
 import os
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -188,9 +188,18 @@ RUN_INTERRUPT_WAIT = env_float("RUN_INTERRUPT_WAIT", 5)  # how long "interrupt" 
 RUN_DELTA_SECONDS = env_float("RUN_DELTA_SECONDS", 0.05)  # message.delta coalescing window
 RUN_EVENTS_MAXLEN = env_int("RUN_EVENTS_MAXLEN", 10_000)  # events kept per run log
 RUN_EVENTS_RETENTION = env_int("RUN_EVENTS_RETENTION", 3600)  # seconds a log lives after its run
+RUN_EVENTS_MAX_BYTES = env_int("RUN_EVENTS_MAX_BYTES", 1024 * 1024)  # a run log's cap (oldest go)
+RUN_EVENTS_RETAINED_PER_USER = env_int("RUN_EVENTS_RETAINED_PER_USER", 20)  # ended runs' logs kept
 SSE_KEEPALIVE_SECONDS = env_float("SSE_KEEPALIVE_SECONDS", 15)
+SSE_MAX_STREAMS_PER_USER = env_int("SSE_MAX_STREAMS_PER_USER", 50)  # open streams (429 above)
 # Pushpin's control URL (e.g. http://127.0.0.1:5561): GRIP mode, docs/deploy.md
 GRIP_URL = env("GRIP_URL", "")
+if GRIP_URL and not parse_qs(urlparse(GRIP_URL).query).get("verify-key"):
+    # without it, any request with a Grip-Sig header would pass for one Pushpin forwarded
+    raise ImproperlyConfigured(
+        "GRIP_URL must carry Pushpin's signing key (its sig_key) to verify what it forwards: "
+        "http://127.0.0.1:5561?verify-iss=pushpin&verify-key=<sig_key>"
+    )
 
 WORKFLOW_MAX_BYTES = env_int("WORKFLOW_MAX_BYTES", 64 * 1024)  # largest workflow definition
 

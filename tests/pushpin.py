@@ -165,7 +165,8 @@ class Pushpin:
 
     @property
     def grip_url(self):
-        """GRIP_URL for the web processes, with the key that verifies Pushpin's Grip-Sig."""
+        """GRIP_URL for the web processes, with the key that verifies Pushpin's Grip-Sig (the
+        settings refuse a GRIP_URL without one)."""
         return f"{self.publish_url}?verify-iss=pushpin&verify-key={self.sig_key}"
 
     def _rundir(self):

@@ -32,19 +32,23 @@ def _die_with_parent():
 class RedisServer:
     dies_with_parent = _prctl is not None
 
-    def __init__(self, directory=None):
+    def __init__(self, directory=None, persist=False):
+        """With `persist`, an append-only file synced every second, as deploy/redis.conf has
+        it: a SIGKILL loses the last second's writes."""
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed: run `bin/services redis` (or make)")
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.log = Path(directory or tempfile.mkdtemp(prefix="relay-redis-")) / "redis.log"
+        self.dir = Path(directory or tempfile.mkdtemp(prefix="relay-redis-"))
+        self.log = self.dir / "redis.log"
+        self.persist = persist
         self.process = None
         self.start()
 
     def start(self):
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--logfile", str(self.log)],
+             *self._disk(), "--dir", str(self.dir), "--logfile", str(self.log)],
             preexec_fn=_die_with_parent,
         )  # fmt: skip
         client = redis.Redis(port=self.port, socket_connect_timeout=1)
@@ -53,6 +57,11 @@ class RedisServer:
             if time.monotonic() > deadline or self.process.poll() is not None:
                 raise RuntimeError(f"redis-server on port {self.port} did not start: {self.log}")
             time.sleep(0.05)
+
+    def _disk(self):
+        if self.persist:
+            return ["--appendonly", "yes", "--appendfsync", "everysec"]
+        return ["--appendonly", "no"]
 
     def kill(self):
         self.process.send_signal(signal.SIGKILL)

@@ -1,9 +1,11 @@
 """A small SSE client for the tests: real HTTP to the live web process."""
 
+import http.client
 import json
 import math
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -62,6 +64,25 @@ def events(
         for event in parse(_until(deadline, response.iter_lines(), run_id)):
             if event.type != "stream-open":
                 yield event
+
+
+class OpenStream:
+    """A run's stream opened and left open, unread: `status` is the answer's; close() drops the
+    connection, as a client that goes away does."""
+
+    def __init__(self, base_url, run_id, headers, timeout=10):
+        url = urlsplit(base_url)
+        self.connection = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
+        self.connection.request("GET", f"/api/runs/{run_id}/events/", headers=headers)
+        self.response = self.connection.getresponse()
+        self.status = self.response.status
+
+    def json(self):
+        return json.loads(self.response.read())
+
+    def close(self):
+        self.response.close()
+        self.connection.close()
 
 
 def _until(deadline, lines, run_id):
@@ -126,3 +147,17 @@ def assert_transcript(events, run_id):
     assert [(m["id"], m["content"]) for m in done] == [(m.id, m.content) for m in saved]
     replies = saved.filter(role=Message.Role.ASSISTANT)
     assert text_of(events) == "".join(m.content for m in replies)
+
+
+def assert_no_silent_gap(events, run_id):
+    """A client's whole stream of a run has no gap it was not told of: either the exact
+    transcript, or ids consecutive from 1 up to a `stream-reset` (which makes a client reload
+    the run from the database) and from the reset's id on after it; the run's status last."""
+    resets = [i for i, e in enumerate(events) if e.type == "stream-reset"]
+    if not resets:
+        assert_transcript(events, run_id)
+        return
+    assert_consecutive(events[: resets[0]])
+    for start, end in zip(resets, [*resets[1:], len(events)], strict=True):
+        assert_consecutive(events[start + 1 : end], first=events[start].number + 1)
+    assert events[-1].json["status"] == Run.objects.get(pk=run_id).status

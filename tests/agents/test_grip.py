@@ -1,8 +1,12 @@
 """The stream tests once more through a real Pushpin (GRIP mode): two web processes behind it,
 two worker processes, every request through Pushpin as in production."""
 
+import os
 import socket
+import subprocess
+import sys
 import time
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import httpx
 import jwt
@@ -10,11 +14,11 @@ import psutil
 import pytest
 from django.test import override_settings
 
-from agents import stream
+from agents import grip, stream
 from agents.models import Run
 
-from conftest import SESSION_REDIS, bearer, new_thread, start, wait_for_status
-from live import Live
+from conftest import bearer, new_thread, start, wait_for_status
+from live import ROOT, Live
 from pushpin import Pushpin
 from sse import assert_transcript, follow, follow_resuming
 
@@ -23,9 +27,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 @pytest.fixture(scope="module")
 def grip_redis():
-    """A Redis database of their own (queue, logs), so that the session's other workers, which
-    do not publish to Pushpin, cannot take these runs; this process reads the logs there too."""
-    url = SESSION_REDIS.url.rsplit("/", 1)[0] + "/13"
+    """A Redis database of their own (queue, logs) on the session's server, so that the
+    session's other workers, which do not publish to Pushpin, cannot take these runs; this
+    process reads the logs there too."""
+    from django.conf import settings
+
+    parts = urlsplit(settings.REDIS_URL)
+    url = urlunsplit(parts._replace(path="/12" if parts.path == "/13" else "/13"))
     with override_settings(REDIS_URL=url):
         stream.client.cache_clear()
         stream._append_script.cache_clear()
@@ -173,3 +181,62 @@ def test_only_pushpin_can_ask_for_a_recovery_and_only_with_the_runs_link(
     assert httpx.get(web, headers=signed, params={"grant": "forged"}).status_code == 404
     r = httpx.get(web, headers=signed)
     assert r.status_code == 404
+
+
+def _settings_with(**env):
+    """Load the settings in a fresh process with `env`: (exit status, output)."""
+    env = {**os.environ, **env}
+    code = "import django; django.setup()"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    return done.returncode, done.stderr
+
+
+def test_grip_mode_refuses_to_start_without_pushpins_verify_key():
+    status, output = _settings_with(GRIP_URL="http://127.0.0.1:5561")
+    assert status != 0
+    assert "ImproperlyConfigured" in output and "verify-key" in output
+    assert _settings_with(GRIP_URL="http://127.0.0.1:5561?verify-key=k")[0] == 0
+
+
+def _grant(path, channel):
+    """The grant in the next link that the web process gives Pushpin for `channel`."""
+    link = grip.hold_headers(type("Request", (), {"path": path})(), channel, 0)["Grip-Link"]
+    return parse_qs(urlsplit(link[1 : link.index(">")]).query)["grant"][0]
+
+
+def test_a_grant_expires_with_the_runs_log(settings, monkeypatch):
+    settings.GRIP_URL = "http://127.0.0.1:5561?verify-iss=pushpin&verify-key=k"
+
+    class Request:
+        def __init__(self, grant):
+            self.GET = {"grant": grant}
+
+    now = time.time()
+    monkeypatch.setattr(grip.time, "time", lambda: now)
+    link = _grant("/api/runs/x/events/", "run-x")
+    assert grip.granted(Request(link), "run-x")
+    assert not grip.granted(Request(link), "run-y")
+    # the log outlives neither the longest run plus its retention, nor this grant
+    lifetime = settings.RUN_TIME_LIMIT + settings.RUN_EVENTS_RETENTION
+    monkeypatch.setattr(grip.time, "time", lambda: now + lifetime - 1)
+    assert grip.granted(Request(link), "run-x")
+    monkeypatch.setattr(grip.time, "time", lambda: now + lifetime + grip.GRANT_BUCKET + 1)
+    assert not grip.granted(Request(link), "run-x")
+
+
+def test_a_grant_is_honoured_only_on_a_request_pushpin_signed(behind_pushpin, api, alice):
+    run_id = start(behind_pushpin, api, new_thread(alice, words=5))
+    wait_for_status(run_id, Run.TERMINAL)
+    web = f"http://127.0.0.1:{behind_pushpin.port}/api/runs/{run_id}/events/"
+    grant = {"grant": _grant(web, f"run-{run_id}")}
+    last = {"Grip-Last": f"run-{run_id}; last-id=0"}
+    # a client holding the grant, straight to a web process: no credentials, no events
+    for signature in ({}, {"Grip-Sig": "forged"}):
+        r = httpx.get(web, headers={**signature, **last}, params=grant)
+        assert r.status_code == 401, r.text
+    claims = {"iss": "pushpin", "exp": int(time.time()) + 60}
+    signed = {"Grip-Sig": jwt.encode(claims, behind_pushpin.pushpin.sig_key), **last}
+    r = httpx.get(web, headers=signed, params=grant)
+    assert r.status_code == 200 and "event: run.status" in r.text
