@@ -20,7 +20,7 @@ import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
-from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET
 from django_eventstream.storage import EventDoesNotExist
 from django_eventstream.utils import sse_encode_event
@@ -55,7 +55,7 @@ async def run_events(request, run_id):
         else:
             opened = sync_to_async(_open, thread_sensitive=False)
             outcome = await opened(request, run_id, last_id, counted=not proxied)
-            if isinstance(outcome, HttpResponse):
+            if isinstance(outcome, HttpResponseBase):  # a lone stream-reset is a streaming one
                 return outcome
         if proxied:
             held = sync_to_async(_held, thread_sensitive=False)
