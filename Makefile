@@ -62,8 +62,18 @@ migrate: venv
 demo: venv
 	$(PY) manage.py setup_demo
 
+# When one process ends, honcho stops the others; nothing is restarted here (a crash is a bug to
+# see; deploy/systemd restarts in production), and make fails saying so. On the way out, by
+# Ctrl-C or a crash, the Redis that `services` started for this run is stopped.
+run: export SERVICES_STARTED := $(CURDIR)/var/services-started
 run: venv services migrate demo
-	VENV=$(VENV) $(VENV)/bin/honcho start -f Procfile
+	@trap 'bin/services stop' EXIT; \
+	VENV=$(VENV) $(VENV)/bin/honcho start -f Procfile; rc=$$?; \
+	if [ $$rc -ne 130 ]; then \
+	  echo "make run: a process ended (exit status $$rc), so honcho stopped the others:" \
+	    "the first 'stopped' line above names it" >&2; \
+	  exit 1; \
+	fi
 
 test: venv services
 	bin/services chromium

@@ -1,6 +1,8 @@
 """API conventions shared by every endpoint: page size, and service errors as responses.
 (Kept apart from api.py because DRF imports these while loading its own views.)"""
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import pagination
@@ -19,6 +21,11 @@ def exception_handler(exc, context):
 
     if isinstance(exc, ServiceError):
         return Response({"detail": exc.message, "code": exc.code, **exc.extra}, status=exc.status)
+    if isinstance(exc, RequestDataTooBig):  # else Django's HTML 400
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return Response(
+            {"detail": f"The body is larger than {limit} bytes.", "code": "too_large"}, status=413
+        )
     return drf_exception_handler(exc, context)
 
 

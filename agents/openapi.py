@@ -51,17 +51,20 @@ VALIDATION_ERROR = {
 class AutoSchema(SpectacularAutoSchema):
     """Adds the errors any operation may answer, from what it takes: 400 where it reads a body
     or query parameters, 401 and 429 (the failed-authentication throttle) where it needs a user,
-    403 where a session needs a CSRF token, 404 where it names an object or a page. The errors
-    particular to an operation (409, 429, 503) are in its own @extend_schema."""
+    403 where a session needs a CSRF token, 404 where it names an object or a page, 413 where it
+    takes a body. The errors particular to an operation (409, 429, 503) are in its own
+    @extend_schema."""
 
     def _get_response_bodies(self, direction="response"):
         responses = super()._get_response_bodies(direction)
         auth = self.get_auth()
+        body = self._get_request_body() is not None
         common = {
-            400: self._get_request_body() is not None or self.get_override_parameters(),
+            400: body or self.get_override_parameters(),
             401: bool(auth),
             403: bool(auth) and self.method not in ("GET", "HEAD", "OPTIONS"),
             404: "{" in self.path or self._is_list_view(),
+            413: body,
             429: bool(auth),
         }
         for status, applies in common.items():
@@ -87,6 +90,7 @@ class AutoSchema(SpectacularAutoSchema):
             403: "A session without its CSRF token (token authentication needs none).",
             404: "No such object among yours (another user's is not found either), or no such"
             " page.",
+            413: "`too_large`: the body is larger than the upload limit.",
             429: "Too many failed authentications from this address; `Retry-After` says when"
             " to try again.",
         }[status]

@@ -78,7 +78,8 @@ def run_start(
         with transaction.atomic():
             # One start at a time per user, so two requests cannot both pass the cap.
             get_user_model().objects.select_for_update().filter(pk=user.pk).first()
-            if thread is None:
+            made_thread = thread is None
+            if made_thread:
                 thread = Thread.objects.create(owner=user, agent=agent, title=title[:200])
             active = Run.objects.active().filter(thread=thread).first()
             if active:
@@ -101,7 +102,7 @@ def run_start(
     except IntegrityError:
         # the partial unique index caught a start racing ours on the same thread
         raise ThreadBusy("Another run started on this thread.") from None
-    _enqueue(run)
+    _enqueue(run, made_thread=made_thread)
     return run
 
 
@@ -122,15 +123,21 @@ def _interrupt(thread):
         time.sleep(0.05)
 
 
-def _enqueue(run):
+def _enqueue(run, *, made_thread=False):
     from .tasks import execute_run_task
 
     stream.emit(run.id, "run.status", status=run.status, error="")
     try:
         execute_run_task.delay(str(run.id))
-    except Exception as exc:  # the broker is down: fail the run now rather than leave it queued
+    except Exception as exc:  # the broker is down: the start is refused, and saves nothing
         log.exception("run %s: could not enqueue", run.id)
-        run_finish(run=run, status=Run.Status.FAILED, error=f"could not queue the run: {exc}")
+        # ends its log for a client already following it, then takes back what it saved
+        if run_finish(run=run, status=Run.Status.FAILED, error=f"could not queue the run: {exc}"):
+            with transaction.atomic():
+                run.messages.all().delete()
+                run.delete()
+                if made_thread:
+                    run.thread.delete()
         raise QueueUnavailable("The run queue is unavailable; try again shortly.") from exc
 
 

@@ -202,6 +202,7 @@ if GRIP_URL and not parse_qs(urlparse(GRIP_URL).query).get("verify-key"):
     )
 
 WORKFLOW_MAX_BYTES = env_int("WORKFLOW_MAX_BYTES", 64 * 1024)  # largest workflow definition
+SCHEDULES_MAX_PER_USER = env_int("SCHEDULES_MAX_PER_USER", 100)  # each one beat loads and fires
 
 # Models and tools.
 LLM_BASE_URL = env("LLM_BASE_URL", "https://api.openai.com/v1")
@@ -231,7 +232,7 @@ CELERY_TASK_ROUTES = {"agents.tasks.execute_run_task": {"queue": "runs"}}
 CELERY_WORKER_POOL = env("WORKER_POOL", "threads")
 CELERY_WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 100)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULER = "scheduling.beat:Scheduler"  # DatabaseScheduler, safe against deletes
 CELERY_BEAT_SCHEDULE = {
     "reap-runs": {"task": "agents.tasks.reap_runs_task", "schedule": RUN_REAPER_SECONDS},
 }

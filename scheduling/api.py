@@ -6,12 +6,14 @@ from drf_spectacular.utils import (
     OpenApiExample,
     extend_schema,
     extend_schema_field,
+    extend_schema_view,
     inline_serializer,
 )
 from rest_framework import serializers, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from agents import openapi
 from agents.api import OwnedPrimaryKeyField, OwnedViewSet
 from agents.models import Agent, Thread
 from workflows.models import Workflow
@@ -65,6 +67,9 @@ class ScheduleSerializer(serializers.ModelSerializer):
             raise serializers.ValidationError(exc.message_dict) from None
         return attrs
 
+    def create(self, validated_data):
+        return services.schedule_create(**validated_data)
+
     def get_description(self, schedule) -> str:
         return cron.describe(schedule.cron)
 
@@ -96,6 +101,14 @@ class PreviewSerializer(serializers.Serializer):
         return value
 
 
+@extend_schema_view(
+    create=extend_schema(
+        responses={
+            201: ScheduleSerializer,
+            429: openapi.error("`too_many_schedules`: you have as many schedules as allowed."),
+        }
+    )
+)
 class ScheduleViewSet(OwnedViewSet):
     queryset = Schedule.objects.none()  # the model, for the schema
     serializer_class = ScheduleSerializer

@@ -89,6 +89,14 @@ class Schedule(models.Model):
                 errors["agent"] = ["An agent schedule needs an agent."]
             if not self.prompt.strip():
                 errors["prompt"] = ["An agent schedule needs a prompt."]
+        # each fire sends it as a run's message, so the same limit (surrogatepass: a lone
+        # surrogate is measured, not a UnicodeEncodeError)
+        size = len(self.prompt.encode(errors="surrogatepass"))
+        if size > settings.RUN_MESSAGE_MAX_BYTES:
+            errors["prompt"] = [
+                f"Ensure this field has no more than {settings.RUN_MESSAGE_MAX_BYTES} bytes"
+                f" (it has {size})."
+            ]
         for field in ("workflow", "agent", "thread"):
             related = getattr(self, field)
             if related is not None and self.owner_id and related.owner_id != self.owner_id:
@@ -103,6 +111,10 @@ class Schedule(models.Model):
         as the schedule, so beat never sees one without the other."""
         task = self.periodic_task or PeriodicTask(name=f"relay-schedule-{self.pk}")
         crontab = task.crontab if task.crontab_id else CrontabSchedule()
+        # beat's own entries (celery.backend_cleanup) find their crontab by value, so ours may
+        # be theirs too: a shared one is left to them
+        if crontab.pk and PeriodicTask.objects.filter(crontab=crontab).exclude(pk=task.pk).exists():
+            crontab = CrontabSchedule()
         # spelled out the way Celery's crontab accepts (it refuses day-of-week 7 and "5/10")
         for field, value in cron.crontab_fields(self.cron).items():
             setattr(crontab, field, value)
@@ -134,7 +146,8 @@ def delete_periodic_task(sender, instance, **kwargs):
         if task:
             crontab_id = task.crontab_id
             task.delete()
-            CrontabSchedule.objects.filter(pk=crontab_id).delete()
+            # not a crontab another task shares: the delete would cascade to that task
+            CrontabSchedule.objects.filter(pk=crontab_id, periodictask=None).delete()
 
 
 class Fire(models.Model):

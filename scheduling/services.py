@@ -5,6 +5,8 @@ the same slot twice."""
 import logging
 from zoneinfo import ZoneInfo
 
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -15,6 +17,24 @@ from . import cron
 from .models import Fire, Schedule
 
 log = logging.getLogger(__name__)
+
+
+class TooManySchedules(runs.ServiceError):
+    status = 429
+    code = "too_many_schedules"
+
+
+def schedule_create(*, owner, **fields):
+    """Create a schedule within the owner's cap (SCHEDULES_MAX_PER_USER)."""
+    with transaction.atomic():
+        # one create at a time per user, so two requests cannot both pass the cap
+        get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
+        if Schedule.objects.filter(owner=owner).count() >= settings.SCHEDULES_MAX_PER_USER:
+            raise TooManySchedules(
+                f"You have {settings.SCHEDULES_MAX_PER_USER} schedules, the most allowed;"
+                " delete one first."
+            )
+        return Schedule.objects.create(owner=owner, **fields)
 
 
 def schedule_fire(*, schedule_id, now=None, manual=False):

@@ -315,3 +315,10 @@ def test_a_rename_follows_a_next_on_the_site(alice, alice_web):
     assert thread.title == "New"
     r = alice_web.post(f"/chats/{thread.pk}/rename/", {"title": "Newer"})
     assert (r.status_code, r["Location"]) == (302, f"/chats/{thread.pk}/")
+
+
+def test_it_answers_413_to_a_body_over_the_upload_limit(alice_api, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    r = alice_api.post("/api/agents/", {"name": "x" * 2000}, format="json")
+    assert (r.status_code, r.json()["code"]) == (413, "too_large")
+    assert not Agent.objects.filter(name="x" * 2000).exists()

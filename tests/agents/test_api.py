@@ -5,8 +5,11 @@ import json
 import pytest
 from rest_framework.test import APIClient
 
-from agents import services, stream
+from agents import services, stream, tasks
 from agents.models import Agent, ApiKey, Run, Thread
+from workflows.models import Workflow
+
+from examples import THREE_STEPS
 
 pytestmark = pytest.mark.django_db
 
@@ -253,3 +256,19 @@ def test_it_paginates(alice, alice_api):
 def test_it_answers_404_for_malformed_ids(alice_api):
     assert alice_api.get("/api/runs/not-a-uuid/").status_code == 404
     assert alice_api.get("/api/threads/abc/").status_code == 404
+
+
+def test_a_start_the_queue_refuses_answers_503_and_saves_nothing(alice, alice_api, monkeypatch):
+    def broker_down(run_id):
+        raise OSError("Connection refused")
+
+    monkeypatch.setattr(tasks.execute_run_task, "delay", broker_down)
+    thread = Thread.objects.create(owner=alice, agent=alice.agents.get())
+    r = start(alice_api, thread)
+    assert (r.status_code, r.data["code"]) == (503, "queue_unavailable")
+    assert not Run.objects.exists()
+    assert not thread.messages.exists()
+    workflow = Workflow.objects.create(owner=alice, name="W", definition=THREE_STEPS)
+    r = alice_api.post(f"/api/workflows/{workflow.pk}/runs/", {"inputs": {"a": 1}}, format="json")
+    assert r.status_code == 503
+    assert list(Thread.objects.all()) == [thread]  # the workflow's new thread went with its run

@@ -1,10 +1,14 @@
-"""A real beat process fires a per-minute schedule into a real run, executed by a real worker."""
+"""A real beat process fires schedules into real runs, executed by a real worker, and survives
+schedules created and deleted while it reloads them."""
 
 import time
+from datetime import timedelta
 
+import httpx
 import pytest
+from django.utils import timezone
 
-from agents.models import Run
+from agents.models import Run, Thread
 from scheduling.models import Fire, Schedule
 
 from conftest import wait_for
@@ -41,3 +45,60 @@ def test_a_real_beat_fires_a_per_minute_schedule_into_a_run(live, alice):
     assert run.trigger == Run.Trigger.SCHEDULE
     assert run.thread.messages.first().content == "Tick"
     print(f"beat fired the schedule {time.monotonic() - started:.1f} s after it started")
+
+
+def test_beat_survives_schedules_deleted_while_it_reloads_them(live, live_api, alice):
+    """Issue 11, item 1: beat read the periodic tasks, then their crontabs in a second query; a
+    schedule deleted in between left a task without its crontab, and beat exited."""
+    agent = alice.agents.get()
+    agent.config = {"demo": {"words": 5, "delay_ms": 0}}
+    agent.save()
+    ticking = Schedule.objects.create(
+        owner=alice, name="Every minute", target="agent", agent=agent, prompt="Tick",
+        cron="* * * * *",
+    )  # fmt: skip
+    beat = live.start_beat()
+    api = httpx.Client(base_url=f"{live.base_url}/api/schedules/", headers=live_api, timeout=10)
+    churned, started = 0, time.monotonic()
+    try:
+        # Beat looks for changes on every tick (each second here: the reaper's period), so
+        # rounds of creates and deletes land across many of its reloads.
+        while time.monotonic() - started < 20 and beat.poll() is None:
+            ids = []
+            for i in range(99):  # with the ticking one, the default cap of 100 per user
+                body = {"name": f"s{churned}-{i}", "target": "agent", "agent": agent.pk,
+                        "prompt": "x", "cron": "0 * 1 1 *"}  # fmt: skip
+                r = api.post("", json=body)
+                assert r.status_code == 201, r.text
+                ids.append(r.json()["id"])
+            for pk in ids:
+                assert api.delete(f"{pk}/").status_code == 204
+            churned += 1
+        churn_end = timezone.now()
+        log = (live.logs / "beat.log").read_text()[-3000:]
+        assert beat.poll() is None, f"beat exited after {churned} rounds:\n{log}"
+
+        # it still reaps: a run whose worker is gone ends failed within a few reaper periods
+        thread = Thread.objects.create(owner=alice, agent=agent)
+        lost = Run.objects.create(
+            owner=alice, thread=thread, agent=agent, status=Run.Status.RUNNING, attempt=1,
+            lease_owner="gone:1", lease_expires=timezone.now() - timedelta(seconds=1),
+        )  # fmt: skip
+        wait_for(
+            lambda: Run.objects.filter(pk=lost.pk, status=Run.Status.FAILED).exists(),
+            timeout=15,
+            message="beat's reaper to end the lost run",
+        )
+        # and it still fires: the schedule that stayed fires at the next minute
+        wait_for(
+            lambda: Fire.objects.filter(schedule=ticking, slot__gt=churn_end).exists(),
+            timeout=75,
+            interval=0.5,
+            message="a fire after the churn",
+        )
+        assert beat.poll() is None
+        assert not Schedule.objects.exclude(pk=ticking.pk).exists()
+    finally:
+        api.close()
+        live.stop("beat")
+    print(f"beat survived {churned} rounds of 99 creates and deletes")

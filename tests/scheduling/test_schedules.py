@@ -1,15 +1,19 @@
 """Schedules: kept in sync with django-celery-beat, fired once per slot, overlap policies,
 DST, and the API's validation."""
 
+import logging
 import threading
 from datetime import UTC, datetime
 
 import pytest
+from celery.utils.imports import symbol_by_name
+from django.conf import settings
 from django.db import connection
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
 from agents import services, tasks
 from agents.models import Run, Thread
+from config.celery import app as celery_app
 from scheduling.models import Fire, Schedule
 from scheduling.services import schedule_fire
 from workflows.models import Workflow
@@ -65,6 +69,62 @@ def test_it_keeps_one_periodic_task_in_sync(alice):
     schedule.delete()
     assert not PeriodicTask.objects.exists()
     assert not CrontabSchedule.objects.exists()
+
+
+def beat_scheduler():
+    """The scheduler beat runs (settings.CELERY_BEAT_SCHEDULER), without its start-up reads."""
+    scheduler = symbol_by_name(settings.CELERY_BEAT_SCHEDULER)(app=celery_app, lazy=True)
+    scheduler._finalize.cancel()  # it would sync at exit, long after the test's database
+    return scheduler
+
+
+# beat closes its connection between steps: these need the transactions committed
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("deleted_in", ["api", "admin"])
+def test_beat_writing_back_a_task_deleted_meanwhile_does_not_bring_it_back(
+    alice, caplog, deleted_in
+):
+    schedule = agent_schedule(alice, cron="* * * * *")
+    scheduler = beat_scheduler()
+    task = PeriodicTask.objects.get(pk=schedule.periodic_task_id)
+    entry = scheduler.reserve(scheduler.Entry(task, app=celery_app))  # it fired: to be saved
+    scheduler._schedule = {entry.name: entry}
+    deleted = []
+
+    def delete_it_first(execute, sql, params, many, context):
+        # deleted just as beat writes the task back: the schedule through the API (its task
+        # and crontab go with it), or only the periodic task in django-celery-beat's admin
+        if not deleted and sql.startswith('UPDATE "django_celery_beat_periodictask" '):
+            deleted.append(sql)
+            if deleted_in == "api":
+                Schedule.objects.filter(pk=schedule.pk).delete()
+            else:
+                PeriodicTask.objects.filter(pk=task.pk).delete()
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(delete_it_first):
+        scheduler.sync()
+    assert deleted
+    # not inserted again: pointing at a deleted crontab (an IntegrityError that ends the sync),
+    # or firing a task that was deleted
+    assert not PeriodicTask.objects.filter(name=task.name).exists()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_crontab_beat_shares_with_a_schedule_outlives_its_edit_and_delete(alice):
+    schedule = agent_schedule(alice, cron="0 4 * * *", timezone="UTC")
+    crontab_id = PeriodicTask.objects.get(pk=schedule.periodic_task_id).crontab_id
+    # beat's own entry (celery.backend_cleanup, 04:00 UTC) finds its crontab by value: ours
+    beat_scheduler().install_default_entries({})
+    cleanup = PeriodicTask.objects.get(name="celery.backend_cleanup")
+    assert cleanup.crontab_id == crontab_id
+    schedule.cron = "30 5 * * *"
+    schedule.save()
+    cleanup.refresh_from_db()
+    assert (cleanup.crontab.minute, cleanup.crontab.hour) == ("0", "4")
+    schedule.delete()
+    assert PeriodicTask.objects.get(name="celery.backend_cleanup").crontab_id == crontab_id
 
 
 def test_it_spells_out_cron_forms_celery_refuses(alice):
@@ -247,6 +307,43 @@ def test_it_refuses_a_bad_schedule_naming_the_field(alice, alice_api, change, fi
     assert r.status_code == 400
     assert reason in str(r.data[field]), r.data
     assert not Schedule.objects.exists()
+
+
+def test_it_refuses_a_prompt_over_the_message_limit(alice, alice_api, settings):
+    limit = settings.RUN_MESSAGE_MAX_BYTES
+    body = {"name": "Daily", "target": "agent", "agent": alice.agents.get().pk,
+            "prompt": "x" * 2_000_000, "cron": "30 2 * * *"}  # fmt: skip
+    r = alice_api.post("/api/schedules/", body, format="json")
+    assert r.status_code == 400
+    assert f"no more than {limit} bytes (it has 2000000)" in str(r.data["prompt"]), r.data
+    assert not Schedule.objects.exists()
+    # bytes, as a run's message: "é" takes two
+    body["prompt"] = "é" * (limit // 2)
+    r = alice_api.post("/api/schedules/", body, format="json")
+    assert r.status_code == 201, r.data
+    r = alice_api.patch(f"/api/schedules/{r.data['id']}/", {"prompt": body["prompt"] + "x"})
+    assert r.status_code == 400
+    assert "prompt" in r.data
+    assert Schedule.objects.get().prompt == body["prompt"]
+
+
+def test_it_caps_the_schedules_one_user_has(alice, alice_api, bob, bob_api, settings):
+    settings.SCHEDULES_MAX_PER_USER = 3
+
+    def create(api, user, name):
+        body = {"name": name, "target": "agent", "agent": user.agents.get().pk, "prompt": "Hi",
+                "cron": "0 9 * * *"}  # fmt: skip
+        return api.post("/api/schedules/", body, format="json")
+
+    assert [create(alice_api, alice, f"s{i}").status_code for i in range(3)] == [201] * 3
+    r = create(alice_api, alice, "s3")
+    assert r.status_code == 429
+    assert r.data["code"] == "too_many_schedules"
+    assert "3 schedules, the most allowed" in r.data["detail"]
+    assert alice.schedules.count() == PeriodicTask.objects.count() == 3
+    assert create(bob_api, bob, "s0").status_code == 201  # a cap per user
+    alice_api.delete(f"/api/schedules/{alice.schedules.first().pk}/")
+    assert create(alice_api, alice, "s3").status_code == 201
 
 
 def test_it_refuses_another_users_agent_and_thread(alice, alice_api, bob):
