@@ -2,11 +2,12 @@
 
 from django.conf import settings
 from django.db.models import OuterRef, Subquery
+from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from . import services, tools
+from . import openapi, services, tools
 from .models import Agent, Message, Run, Thread
 from .parsers import integer, object_id
 
@@ -66,7 +67,7 @@ class AgentSerializer(serializers.ModelSerializer):
 
 class ThreadSerializer(serializers.ModelSerializer):
     agent = OwnedPrimaryKeyField(queryset=Agent.objects.all(), required=False, allow_null=True)
-    active_run = serializers.UUIDField(read_only=True)
+    active_run = serializers.UUIDField(read_only=True, allow_null=True)
 
     class Meta:
         model = Thread
@@ -93,7 +94,7 @@ class RunSerializer(serializers.ModelSerializer):
             "input_tokens", "output_tokens", "created", "started", "finished", "events_url",
         ]  # fmt: skip
 
-    def get_events_url(self, run):
+    def get_events_url(self, run) -> str:
         return f"/api/runs/{run.pk}/events/"
 
 
@@ -130,10 +131,14 @@ class OwnedViewSet(viewsets.ModelViewSet):
 
 
 class AgentViewSet(OwnedViewSet):
+    queryset = Agent.objects.none()  # the model, for the schema; get_queryset() has the user's
     serializer_class = AgentSerializer
     related_name = "agents"
 
 
+@extend_schema_view(
+    destroy=extend_schema(responses={204: None, 409: openapi.THREAD_BUSY}),
+)
 class ThreadViewSet(
     mixins.CreateModelMixin,
     mixins.ListModelMixin,
@@ -142,6 +147,7 @@ class ThreadViewSet(
     mixins.DestroyModelMixin,
     viewsets.GenericViewSet,
 ):
+    queryset = Thread.objects.none()
     serializer_class = ThreadSerializer
 
     def get_queryset(self):
@@ -160,12 +166,24 @@ class ThreadViewSet(
     def perform_destroy(self, thread):
         services.thread_delete(thread=thread)
 
+    @extend_schema(responses=MessageSerializer(many=True))
     @action(detail=True, methods=["get"])
     def messages(self, request, pk=None):
         thread = self.get_object()
         page = self.paginate_queryset(thread.messages.order_by("position"))
         return self.get_paginated_response(MessageSerializer(page, many=True).data)
 
+    @extend_schema(methods=["GET"], responses=RunSerializer(many=True))
+    @extend_schema(
+        methods=["POST"],
+        request=RunStartSerializer,
+        responses={202: RunSerializer, **openapi.RUN_START_ERRORS},
+        examples=[
+            OpenApiExample(
+                "A question", {"message": "Please calculate 2 * (3 + 4)"}, request_only=True
+            )
+        ],
+    )
     @action(detail=True, methods=["get", "post"])
     def runs(self, request, pk=None):
         thread = self.get_object()
@@ -178,7 +196,9 @@ class ThreadViewSet(
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
 
+@extend_schema_view(list=extend_schema(parameters=[RunFilterSerializer]))
 class RunViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = Run.objects.none()
     serializer_class = RunSerializer
 
     def get_queryset(self):
@@ -189,6 +209,7 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
             runs = runs.filter(**filters.validated_data)
         return runs
 
+    @extend_schema(request=None, responses={202: RunSerializer})
     @action(detail=True, methods=["post"])
     def stop(self, request, pk=None):
         run = self.get_object()
@@ -196,6 +217,18 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
         run.refresh_from_db()
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
+    @extend_schema(
+        request=None,
+        responses={
+            202: RunSerializer,
+            409: openapi.error(
+                "`conflict`: only a failed workflow run can be retried; `thread_busy`: its thread"
+                " has an active run."
+            ),
+            429: openapi.TOO_MANY_RUNS,
+            503: openapi.QUEUE_UNAVAILABLE,
+        },
+    )
     @action(detail=True, methods=["post"])
     def retry(self, request, pk=None):
         run = services.run_retry(run=self.get_object())

@@ -20,7 +20,8 @@ import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
-from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
+from django.views.decorators.http import require_GET
 from django_eventstream.storage import EventDoesNotExist
 from django_eventstream.utils import sse_encode_event
 from django_eventstream.views import Listener, RedisListener, get_listener_manager
@@ -38,6 +39,7 @@ MAX_EVENT_ID = 2**63 - 1
 OPENING = ":" + " " * 2048 + "\n\nevent: stream-open\ndata:\n\n"  # padding flushes proxies
 
 
+@require_GET
 async def run_events(request, run_id):
     channel = f"run-{run_id}"
     proxied = grip.proxied(request)  # verifies Pushpin's signature: once a request
@@ -53,7 +55,7 @@ async def run_events(request, run_id):
         else:
             opened = sync_to_async(_open, thread_sensitive=False)
             outcome = await opened(request, run_id, last_id, counted=not proxied)
-            if isinstance(outcome, HttpResponse):
+            if isinstance(outcome, HttpResponseBase):  # a lone stream-reset is a streaming one
                 return outcome
         if proxied:
             held = sync_to_async(_held, thread_sensitive=False)

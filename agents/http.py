@@ -3,6 +3,8 @@
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import pagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -25,3 +27,9 @@ def exception_handler(exc, context):
             {"detail": f"The body is larger than {limit} bytes.", "code": "too_large"}, status=413
         )
     return drf_exception_handler(exc, context)
+
+
+@csrf_exempt  # it changes nothing: a POST gets the 404 too, not CSRF's page
+def not_found(request, path):
+    """Any other URL under /api/: a 404 in JSON, as the API's own are, not Django's page."""
+    return JsonResponse({"detail": "Not found."}, status=404)

@@ -2,9 +2,11 @@
 secret is in that answer only), revoke one (DELETE)."""
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.response import Response
 
+from . import openapi
 from .models import ApiKey
 from .services import ServiceError
 
@@ -21,17 +23,33 @@ class ApiKeySerializer(serializers.ModelSerializer):
         read_only_fields = ["prefix", "created", "last_used"]
 
 
+class NewApiKeySerializer(ApiKeySerializer):
+    """For the schema: a new key's answer, with its secret."""
+
+    key = serializers.CharField(help_text="The key itself: in this answer only.")
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = [*ApiKeySerializer.Meta.fields, "key"]
+
+
 class ApiKeyViewSet(
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
     mixins.DestroyModelMixin,
     viewsets.GenericViewSet,
 ):
+    queryset = ApiKey.objects.none()  # the model, for the schema; get_queryset() has the user's
     serializer_class = ApiKeySerializer
 
     def get_queryset(self):
         return self.request.user.api_keys.all()
 
+    @extend_schema(
+        responses={
+            201: NewApiKeySerializer,
+            429: openapi.error("`too_many_keys`: you have as many keys as allowed."),
+        }
+    )
     def create(self, request):
         data = self.get_serializer(data=request.data)
         data.is_valid(raise_exception=True)

@@ -60,6 +60,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_eventstream",
     "django_celery_beat",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # the docs page's assets, served from here (no CDN)
     "agents",
     "workflows",
     "scheduling",
@@ -249,6 +251,29 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "agents.http.exception_handler",
     # JSON only, and only what PostgreSQL can store (agents/parsers.py)
     "DEFAULT_PARSER_CLASSES": ["agents.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "agents.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
     + (["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
+}
+
+# The OpenAPI schema (/api/schema/) and its docs page (/api/docs/): agents/openapi.py.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Relay API",
+    "DESCRIPTION": "Agents, threads, runs, workflows and schedules; run events over SSE.",
+    "VERSION": "1",
+    "SCHEMA_PATH_PREFIX": "/api/",
+    "OAS_VERSION": "3.1.0",  # JSON Schema 2020-12: the event stream's data can be described
+    "COMPONENT_SPLIT_REQUEST": True,  # request bodies without the read-only fields
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Public: the schema says no more than the README, and holds nothing of any user's.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # Swagger UI would otherwise fetch a badge from validator.swagger.io for a non-local host
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "agents.openapi.complete_schema",
+    ],
 }

@@ -2,10 +2,18 @@
 preview of a cron expression's next fire times."""
 
 from django.core.exceptions import ValidationError as ModelValidationError
+from drf_spectacular.utils import (
+    OpenApiExample,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_view,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from agents import openapi
 from agents.api import OwnedPrimaryKeyField, OwnedViewSet
 from agents.models import Agent, Thread
 from workflows.models import Workflow
@@ -62,14 +70,16 @@ class ScheduleSerializer(serializers.ModelSerializer):
     def create(self, validated_data):
         return services.schedule_create(**validated_data)
 
-    def get_description(self, schedule):
+    def get_description(self, schedule) -> str:
         return cron.describe(schedule.cron)
 
+    @extend_schema_field(serializers.ListField(child=serializers.DateTimeField()))
     def get_next_fires(self, schedule):
         if not schedule.enabled:
             return []
         return [t.isoformat() for t in cron.next_fires(schedule.cron, schedule.timezone, count=3)]
 
+    @extend_schema_field(FireSerializer(allow_null=True))
     def get_last_fire(self, schedule):
         fire = schedule.fires.first()
         return FireSerializer(fire).data if fire else None
@@ -91,10 +101,20 @@ class PreviewSerializer(serializers.Serializer):
         return value
 
 
+@extend_schema_view(
+    create=extend_schema(
+        responses={
+            201: ScheduleSerializer,
+            429: openapi.error("`too_many_schedules`: you have as many schedules as allowed."),
+        }
+    )
+)
 class ScheduleViewSet(OwnedViewSet):
+    queryset = Schedule.objects.none()  # the model, for the schema
     serializer_class = ScheduleSerializer
     related_name = "schedules"
 
+    @extend_schema(request=None, responses=ScheduleSerializer)
     @action(detail=True, methods=["post"])
     def pause(self, request, pk=None):
         services.schedule_pause(schedule=self.get_object())
@@ -102,6 +122,7 @@ class ScheduleViewSet(OwnedViewSet):
             ScheduleSerializer(self.get_object(), context=self.get_serializer_context()).data
         )
 
+    @extend_schema(request=None, responses=ScheduleSerializer)
     @action(detail=True, methods=["post"])
     def resume(self, request, pk=None):
         services.schedule_resume(schedule=self.get_object())
@@ -109,16 +130,35 @@ class ScheduleViewSet(OwnedViewSet):
             ScheduleSerializer(self.get_object(), context=self.get_serializer_context()).data
         )
 
+    @extend_schema(request=None, responses={202: FireSerializer})
     @action(detail=True, methods=["post"])
     def trigger(self, request, pk=None):
         fire = services.schedule_fire(schedule_id=self.get_object().pk, manual=True)
         return Response(FireSerializer(fire).data, status=status.HTTP_202_ACCEPTED)
 
+    @extend_schema(responses=FireSerializer(many=True))
     @action(detail=True, methods=["get"])
     def fires(self, request, pk=None):
         page = self.paginate_queryset(self.get_object().fires.all())
         return self.get_paginated_response(FireSerializer(page, many=True).data)
 
+    @extend_schema(
+        request=PreviewSerializer,
+        examples=[
+            OpenApiExample(
+                "Weekdays at 9",
+                {"cron": "0 9 * * MON-FRI", "timezone": "Europe/Paris"},
+                request_only=True,
+            )
+        ],
+        responses=inline_serializer(
+            "Preview",
+            {
+                "description": serializers.CharField(),
+                "next": serializers.ListField(child=serializers.DateTimeField()),
+            },
+        ),
+    )
     @action(detail=False, methods=["post"])
     def preview(self, request):
         data = PreviewSerializer(data=request.data)

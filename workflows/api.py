@@ -1,12 +1,13 @@
 """The workflows API: definitions (owner only) and their runs."""
 
 from django.db.models import F
+from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
 from rest_framework import serializers, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from agents import services
-from agents.api import OwnedPrimaryKeyField, OwnedViewSet, RunSerializer
+from agents import openapi, services
+from agents.api import OwnedPrimaryKeyField, OwnedViewSet, RunSerializer, RunViewSet
 from agents.models import Thread
 
 from .definition import validate
@@ -47,7 +48,29 @@ class StepRunSerializer(serializers.ModelSerializer):
         fields = ["step", "index", "status", "output", "error", "reused", "started", "finished"]
 
 
+# The steps of a workflow run are listed by agents' RunViewSet, with the serializer defined here.
+extend_schema_view(steps=extend_schema(responses=StepRunSerializer(many=True)))(RunViewSet)
+
+
+ADD_ONE = {
+    "inputs": [{"name": "a", "type": "number", "required": True}],
+    "steps": [
+        {"id": "sum", "type": "tool", "tool": "calculator",
+         "arguments": {"expression": "{{ inputs.a }} + 1"}},
+        {"id": "explain", "type": "agent", "prompt": "Explain {{ steps.sum.output }}"},
+    ],
+}  # fmt: skip
+
+
+@extend_schema_view(
+    create=extend_schema(
+        examples=[
+            OpenApiExample("Add one", {"name": "Add one", "definition": ADD_ONE}, request_only=True)
+        ]
+    )
+)
 class WorkflowViewSet(OwnedViewSet):
+    queryset = Workflow.objects.none()  # the model, for the schema
     serializer_class = WorkflowSerializer
     related_name = "workflows"
 
@@ -56,6 +79,13 @@ class WorkflowViewSet(OwnedViewSet):
         workflow = serializer.save(version=F("version") + 1)
         workflow.refresh_from_db(fields=["version"])
 
+    @extend_schema(methods=["GET"], responses=RunSerializer(many=True))
+    @extend_schema(
+        methods=["POST"],
+        request=WorkflowStartSerializer,
+        responses={202: RunSerializer, **openapi.RUN_START_ERRORS},
+        examples=[OpenApiExample("Add one to 20", {"inputs": {"a": 20}}, request_only=True)],
+    )
     @action(detail=True, methods=["get", "post"])
     def runs(self, request, pk=None):
         workflow = self.get_object()

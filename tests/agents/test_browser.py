@@ -303,3 +303,16 @@ def test_it_runs_a_workflow_from_its_form(page, alice):
     page.evaluate("document.querySelector('input[name=a]').removeAttribute('required')")
     page.get_by_role("button", name="Run", exact=True).click()
     expect(page.locator(".notice.error")).to_contain_text("inputs.a: this input is required")
+
+
+def test_the_api_docs_page_renders_every_endpoint_from_this_server_alone(page, live):
+    requested = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto("/api/docs/")
+    expect(page.locator(".opblock-summary-path").first).to_be_visible()
+    paths = set(page.locator(".opblock-summary-path").all_inner_texts())
+    assert {"/api/threads/{id}/runs/", "/api/runs/{run_id}/events/"} <= paths
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "api-docs.png")
+    elsewhere = [url for url in requested if not url.startswith(live.base_url)]
+    assert elsewhere == [], "the docs page asked another origin"

@@ -310,3 +310,15 @@ def test_one_users_big_runs_keep_at_most_the_bound_in_redis(live, alice, setting
     # Redis spends about 1.2-1.3 bytes of memory per byte of events kept
     assert held < 1.4 * settings.RUN_EVENTS_MAX_BYTES * settings.RUN_EVENTS_RETAINED_PER_USER
     print(f"30 runs of alice's keep {len(logs)} logs: {held / 2**20:.1f} MiB of Redis")
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
+def test_an_ended_run_whose_log_expired_gets_a_lone_stream_reset(live, live_api, alice):
+    run_id = start(live, live_api, new_thread(alice, words=3))
+    wait_for(lambda: Run.objects.get(pk=run_id).status in Run.TERMINAL, message="the run to end")
+    channel = f"run-{run_id}"  # dropped, as the retention window or the per-user cap drop it:
+    stream.client().delete(stream.log_key(channel), stream.meta_key(channel))
+    r = httpx.get(f"{live.base_url}/api/runs/{run_id}/events/", headers=live_api, timeout=10)
+    assert r.status_code == 200, r.text[:300]
+    assert "event: stream-reset" in r.text

@@ -1,0 +1,284 @@
+"""The OpenAPI schema's shared parts (/api/schema/, drf-spectacular): the error responses, added
+to every operation by AutoSchema from what the operation takes, and the run event stream, a
+plain Django view that drf-spectacular cannot see."""
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
+from drf_spectacular.plumbing import ResolvedComponent
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import serializers
+
+from .models import Run
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    code = serializers.CharField(required=False, help_text="Set when a client may act on it.")
+
+
+def error(description):
+    return OpenApiResponse(ErrorSerializer, description=description)
+
+
+THREAD_BUSY = error(
+    '`thread_busy`: the thread has an active run (start with `"if_busy": "interrupt"` to stop it'
+    " first)."
+)
+TOO_MANY_RUNS = error("`too_many_runs`: you have as many active runs as allowed.")
+QUEUE_UNAVAILABLE = error("`queue_unavailable`: the run queue cannot be reached; retry shortly.")
+RUN_START_ERRORS = {409: THREAD_BUSY, 429: TOO_MANY_RUNS, 503: QUEUE_UNAVAILABLE}
+
+VALIDATION_ERROR = {
+    "type": "object",
+    "description": (
+        "Each field that was refused, with the reasons: a list of messages, or an object of the"
+        ' same shape for a nested field (`{"config": {"demo": {"words": [...]}}}`).'
+        " `non_field_errors` is for a reason that concerns several fields. An error that is no"
+        " field's (a malformed body, a thread without an agent) has `detail` and `code` instead,"
+        " and `field` when one field is to blame."
+    ),
+    "properties": {
+        "non_field_errors": {"type": "array", "items": {"type": "string"}},
+        "detail": {"type": "string"},
+        "code": {"type": "string"},
+        "field": {"type": "string"},
+    },
+    "additionalProperties": {"oneOf": [{"type": "array"}, {"type": "object"}]},
+    "example": {"message": ["This field may not be blank."]},
+}
+
+
+class AutoSchema(SpectacularAutoSchema):
+    """Adds the errors any operation may answer, from what it takes: 400 where it reads a body
+    or query parameters, 401 and 429 (the failed-authentication throttle) where it needs a user,
+    403 where a session needs a CSRF token, 404 where it names an object or a page, 413 where it
+    takes a body. The errors particular to an operation (409, 429, 503) are in its own
+    @extend_schema."""
+
+    def _get_response_bodies(self, direction="response"):
+        responses = super()._get_response_bodies(direction)
+        auth = self.get_auth()
+        body = self._get_request_body() is not None
+        common = {
+            400: body or self.get_override_parameters(),
+            401: bool(auth),
+            403: bool(auth) and self.method not in ("GET", "HEAD", "OPTIONS"),
+            404: "{" in self.path or self._is_list_view(),
+            413: body,
+            429: bool(auth),
+        }
+        for status, applies in common.items():
+            if applies:
+                responses.setdefault(str(status), self._error_response(status))
+        return dict(sorted(responses.items()))
+
+    def _error_response(self, status):
+        if status == 400:
+            component = ResolvedComponent(
+                name="ValidationError",
+                type=ResolvedComponent.SCHEMA,
+                object="ValidationError",
+                schema=VALIDATION_ERROR,
+            )
+            self.registry.register_on_missing(component)
+            return {
+                "description": "Invalid input: nothing was saved.",
+                "content": {"application/json": {"schema": component.ref}},
+            }
+        description = {
+            401: "No credentials, or credentials that are not valid.",
+            403: "A session without its CSRF token (token authentication needs none).",
+            404: "No such object among yours (another user's is not found either), or no such"
+            " page.",
+            413: "`too_large`: the body is larger than the upload limit.",
+            429: "Too many failed authentications from this address; `Retry-After` says when"
+            " to try again.",
+        }[status]
+        return self._get_response_for_code(error(description), str(status))
+
+
+class TokenScheme(OpenApiAuthenticationExtension):
+    target_class = "agents.auth.TokenAuthentication"
+    name = "tokenAuth"
+    priority = 1  # before drf-spectacular's own scheme for DRF's TokenAuthentication
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "`Authorization: Bearer <key>` (or `Token <key>`).",
+        }
+
+
+def _object(**properties):
+    return {"type": "object", "properties": properties, "required": list(properties)}
+
+
+def _data(**properties):
+    """An event's `data`: JSON text, this object in it (with the run's id)."""
+    schema = _object(run={"type": "string", "format": "uuid"}, **properties)
+    return {"type": "string", "contentMediaType": "application/json", "contentSchema": schema}
+
+
+TEXT, INTEGER, ANY = {"type": "string"}, {"type": "integer"}, {}
+TEXT_OR_NULL = {"type": ["string", "null"]}
+STEP = {"step": TEXT, "index": INTEGER, "status": TEXT, "output": ANY, "error": TEXT}
+
+# type: (what it means, the schema of its data)
+EVENTS = {
+    "stream-open": (
+        "No data, no id. The first event of every connection, after a padding comment that makes"
+        " proxies pass the stream on at once.",
+        {"const": ""},
+    ),
+    "run.status": (
+        "Every transition. The last event of a run is its terminal status (`completed`,"
+        " `failed`, `stopped`); the server then ends the stream.",
+        _data(status={"enum": list(Run.Status.values)}, error=TEXT),
+    ),
+    "message.delta": (
+        "The next piece of the text of message `message`.",
+        _data(message=INTEGER, text=TEXT),
+    ),
+    "message.done": (
+        "A message, saved (`html`: an assistant's Markdown, rendered and sanitized).",
+        _data(
+            message=_object(
+                html=TEXT,
+                id=INTEGER,
+                role=TEXT,
+                content=TEXT,
+                tool_calls=ANY,
+                tool_call_id=TEXT,
+                name=TEXT,
+                is_error={"type": "boolean"},
+                created={"type": "string", "format": "date-time"},
+            )
+        ),
+    ),
+    "tool.started": (
+        "A tool call begins (`arguments`: JSON text).",
+        _data(call=TEXT, name=TEXT, arguments=TEXT),
+    ),
+    "tool.done": (
+        "Its result: `output`, or `error`.",
+        _data(call=TEXT, name=TEXT, output=TEXT_OR_NULL, error=TEXT_OR_NULL),
+    ),
+    "usage": ("The tokens the run used.", _data(input_tokens=INTEGER, output_tokens=INTEGER)),
+    "step.started": ("A workflow step begins.", _data(**STEP)),
+    "step.done": (
+        "It ended; `reused`: a retry kept the output of an earlier run.",
+        _data(**STEP, reused={"type": "boolean"}),
+    ),
+    "stream-reset": (
+        "The id you gave is older than the log (or the log has expired): reload the thread's"
+        " messages from the API. The stream goes on after it while the run is active.",
+        {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": _object(channels={"type": "array", "items": TEXT}),
+        },
+    ),
+}
+
+
+def _fields(data):
+    return [name for name in data.get("contentSchema", {}).get("properties", {}) if name != "run"]
+
+
+EVENT_STREAM = (
+    "The run's events over Server-Sent Events (`text/event-stream`). Event ids are"
+    " `run-<id>:<n>`, n = 1, 2, 3… without gaps; send the last one you have in `Last-Event-ID`"
+    " (or `?lastEventId=`) to get exactly the events after it, none to start from the run's"
+    " first event. Comments (`: keep-alive`) keep an idle connection open. An event's `data` is"
+    " JSON, an object with the run's id in `run` and these fields:\n\n"
+    "| event | data | what it is |\n| --- | --- | --- |\n"
+    + "".join(
+        f"| `{name}` | {', '.join(f'`{k}`' for k in _fields(data))} | {description} |\n"
+        for name, (description, data) in EVENTS.items()
+    )
+)
+
+
+def _event(name, data):
+    """One event as schemathesis (and an EventSource) parses it: {"event", "data", "id"}."""
+    properties = {"event": {"const": name}, "data": data}
+    if name != "stream-open":
+        properties["id"] = {"type": "string", "pattern": r"^run-[0-9a-f-]+:[0-9]+$"}
+    return {"type": "object", "title": name, "properties": properties, "required": list(properties)}
+
+
+def _drop_any_or_null(schema):
+    """drf-spectacular writes a nullable JSONField as oneOf [{}, null] under OpenAPI 3.1, which
+    no value can match (null matches both): any value, null included, is {}."""
+    if isinstance(schema, dict):
+        if schema.get("oneOf") in ([{}, {"type": "null"}], [{"type": "null"}, {}]):
+            del schema["oneOf"]
+        for value in schema.values():
+            _drop_any_or_null(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            _drop_any_or_null(value)
+
+
+def complete_schema(result, generator, request, public):
+    """drf-spectacular postprocessing hook: describe agents.events.run_events (and mend the
+    nullable JSON fields)."""
+    _drop_any_or_null(result)
+    error_ref = {"$ref": "#/components/schemas/Error"}
+
+    def error(description):
+        return {"description": description, "content": {"application/json": {"schema": error_ref}}}
+
+    result["paths"]["/api/runs/{run_id}/events/"] = {
+        "get": {
+            "operationId": "runs_events",
+            "summary": "Follow a run's events",
+            "description": EVENT_STREAM,
+            "tags": ["runs"],
+            "parameters": [
+                {
+                    "name": "run_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "format": "uuid"},
+                },
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "description": "The last event you have: `run-<id>:<n>`.",
+                    "schema": {"type": "string"},
+                },
+                {
+                    "name": "lastEventId",
+                    "in": "query",
+                    "description": "The same, for a client that cannot set the header.",
+                    "schema": {"type": "string"},
+                },
+            ],
+            "security": [{name: []} for name in result["components"]["securitySchemes"]],
+            "responses": {
+                "200": {
+                    "description": "The events after the last one you have, then the live ones.",
+                    "content": {
+                        "text/event-stream": {
+                            "schema": {"oneOf": [_event(n, d) for n, (_, d) in EVENTS.items()]}
+                        }
+                    },
+                },
+                "204": {
+                    "description": "You have the run's terminal event: nothing more will come"
+                    " (an EventSource stops reconnecting)."
+                },
+                "400": error("`invalid_last_event_id`: not an id of this run's events."),
+                "401": error("No credentials, or credentials that are not valid."),
+                "404": error("No such run among yours."),
+                "429": error(
+                    "`too_many_streams`: you have as many streams open as allowed; or too many"
+                    " failed authentications from this address."
+                ),
+                "503": error("The event log cannot be reached; retry shortly."),
+            },
+        }
+    }
+    return result
