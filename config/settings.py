@@ -251,6 +251,7 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "agents.http.exception_handler",
     # JSON only, and only what PostgreSQL can store (agents/parsers.py)
     "DEFAULT_PARSER_CLASSES": ["agents.parsers.JSONParser"],
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",  # the test client speaks as the API does
     "DEFAULT_SCHEMA_CLASS": "agents.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
     + (["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
