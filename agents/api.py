@@ -1,6 +1,7 @@
 """The JSON API: agents, threads, their messages, and runs (start, get, list, stop)."""
 
 from django.conf import settings
+from django.db import IntegrityError, transaction
 from django.db.models import OuterRef, Subquery
 from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
@@ -118,7 +119,34 @@ class RunFilterSerializer(serializers.Serializer):
     thread = serializers.IntegerField(required=False)
 
 
-class OwnedViewSet(viewsets.ModelViewSet):
+class RaceSafeWrites:
+    """Creates and updates that race a delete answer as if they came one after the other, never
+    500. An update locks its row (a delete waits for it, or it finds the object gone: 404), and
+    a write whose referenced object is deleted meanwhile (the foreign key fails at commit) or
+    that loses a race for a unique name is a 409 the client can retry."""
+
+    def filter_queryset(self, queryset):
+        queryset = super().filter_queryset(queryset)
+        updating = self.action in ("update", "partial_update")
+        return queryset.select_for_update() if updating else queryset
+
+    def create(self, request, *args, **kwargs):
+        return self._race_safe(super().create, request, *args, **kwargs)
+
+    def update(self, request, *args, **kwargs):
+        return self._race_safe(super().update, request, *args, **kwargs)
+
+    def _race_safe(self, write, *args, **kwargs):
+        try:
+            with transaction.atomic():
+                return write(*args, **kwargs)
+        except IntegrityError:
+            raise services.ServiceConflict(
+                "Something this refers to changed or was deleted meanwhile; try again."
+            ) from None
+
+
+class OwnedViewSet(RaceSafeWrites, viewsets.ModelViewSet):
     """The requesting user's objects (`user.<related_name>`); anyone else's are 404s."""
 
     related_name = None
@@ -140,6 +168,7 @@ class AgentViewSet(OwnedViewSet):
     destroy=extend_schema(responses={204: None, 409: openapi.THREAD_BUSY}),
 )
 class ThreadViewSet(
+    RaceSafeWrites,
     mixins.CreateModelMixin,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
