@@ -13,6 +13,7 @@ Pushpin is answered at once (`_held`) and Pushpin holds the connection: agents/g
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -68,8 +69,20 @@ async def run_events(request, run_id):
     return event_stream(_stream(channel, last_id, user_id=user_id, slot=slot))
 
 
+class EventStreamResponse(StreamingHttpResponse):
+    """Django's handler closes the iterator it takes from __aiter__, but Django's __aiter__ does
+    not close the one it wraps: a client that left mid-stream would leave the stream (its
+    listener, its slot among the user's open streams) to the garbage collector, whenever that
+    comes. This one closes it."""
+
+    async def __aiter__(self):
+        async with contextlib.aclosing(self._iterator) as events:
+            async for part in events:
+                yield self.make_bytes(part)
+
+
 def event_stream(events):
-    response = StreamingHttpResponse(events, content_type="text/event-stream")
+    response = EventStreamResponse(events, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx must not buffer the stream
     return response

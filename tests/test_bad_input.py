@@ -221,7 +221,9 @@ def test_it_still_takes_ordinary_json(alice_api, world):
 
 
 def test_it_refuses_a_form_body_on_the_api(alice_api, world):
-    r = alice_api.post(f"/api/threads/{world['thread'].pk}/runs/", {"message": "Hi"})
+    r = alice_api.post(
+        f"/api/threads/{world['thread'].pk}/runs/", {"message": "Hi"}, format="multipart"
+    )
     assert r.status_code == 415
     assert not Run.objects.exists()
 

@@ -266,6 +266,24 @@ def test_an_open_stream_keeps_its_slot_and_frees_it_when_it_ends(alice, tmp_path
 
 @pytest.mark.e2e
 @pytest.mark.django_db(transaction=True)
+def test_a_client_that_leaves_mid_delivery_frees_its_slot_at_once(live, live_api, alice):
+    # deltas every few milliseconds: the client leaves while the stream is sending, not waiting
+    run_id = start(live, live_api, new_thread(alice, words=100_000, delay_ms=1))
+    slots, r = f"relay:streams:{alice.pk}", stream.client()
+    try:
+        for _ in range(5):
+            opened = OpenStream(live.base_url, run_id, live_api)
+            assert opened.status == 200
+            time.sleep(0.3)
+            opened.close()
+            # not lapsed (that takes three keep-alive periods, 45 s): freed
+            wait_for(lambda: not r.zcard(slots), timeout=3, message="the slot to be freed")
+    finally:
+        httpx.post(f"{live.base_url}/api/runs/{run_id}/stop/", headers=live_api)
+
+
+@pytest.mark.e2e
+@pytest.mark.django_db(transaction=True)
 def test_it_refuses_a_last_event_id_out_of_range(live, live_api, alice):
     run_id = start(live, live_api, new_thread(alice, words=2000, delay_ms=50))
     url = f"{live.base_url}/api/runs/{run_id}/events/"
