@@ -6,7 +6,6 @@ answered 500 before, some only on PostgreSQL."""
 import json
 
 import pytest
-from django.test import Client
 from django_celery_beat.models import PeriodicTask
 
 from agents.models import Agent, Message, Run, Thread
@@ -229,13 +228,6 @@ def test_it_refuses_a_form_body_on_the_api(alice_api, world):
 
 
 # the pages
-
-
-@pytest.fixture
-def alice_web(alice):
-    client = Client()
-    client.force_login(alice)
-    return client
 
 
 @pytest.mark.parametrize(

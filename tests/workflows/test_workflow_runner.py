@@ -4,19 +4,14 @@ import copy
 
 import pytest
 
-from agents import runner, services, tasks
+from agents import runner, services
 from agents.models import Agent, Run
 from workflows.models import Workflow
 
 import fakellm
 from examples import THREE_STEPS
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def _no_queue(monkeypatch):
-    monkeypatch.setattr(tasks.execute_run_task, "delay", lambda run_id: None)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_queue")]
 
 
 def test_a_retry_keeps_skipping_what_a_reused_condition_skipped(alice, settings):
