@@ -174,15 +174,26 @@ def no_queue(monkeypatch):
     return queue
 
 
-def new_thread(user, words=40, delay_ms=0, **agent_fields):
-    """A thread on the user's agent, whose demo replies are `words` long at `delay_ms` a word
-    (at once unless a test needs the time), with the other agent fields given."""
+def pace(user, words=40, delay_ms=0, **agent_fields):
+    """The user's agent, its demo replies `words` long at `delay_ms` a word (at once unless a
+    test needs the time), with the other agent fields given."""
     agent = user.agents.get()
     agent.config = {"demo": {"words": words, "delay_ms": delay_ms}}
     for field, value in agent_fields.items():
         setattr(agent, field, value)
     agent.save()
-    return Thread.objects.create(owner=user, agent=agent)
+    return agent
+
+
+def new_thread(user, words=40, delay_ms=0, **agent_fields):
+    """A thread on the user's agent, paced as `pace` does."""
+    return Thread.objects.create(owner=user, agent=pace(user, words, delay_ms, **agent_fields))
+
+
+@pytest.fixture
+def thread(alice):
+    """Alice's thread with her agent as it comes, for tests that run nothing."""
+    return Thread.objects.create(owner=alice, agent=alice.agents.get())
 
 
 def start(live, headers, thread, message="Tell me something", **body):

@@ -9,6 +9,7 @@ from agents.models import Agent, Run
 from workflows.models import Workflow
 
 import fakellm
+from conftest import pace
 from examples import THREE_STEPS
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_queue")]
@@ -55,9 +56,7 @@ def test_a_condition_that_cannot_be_decided_fails_the_run_naming_the_step(alice)
 def test_a_step_whose_prompt_renders_past_the_message_limit_fails_naming_it(alice, settings):
     # The inputs pass the start's check; the first step's reply is known only at run time.
     settings.RUN_MESSAGE_MAX_BYTES = 1000
-    agent = alice.agents.get()
-    agent.config = {"demo": {"words": 300, "delay_ms": 0}}
-    agent.save()
+    pace(alice, words=300)
     definition = {
         "steps": [
             {"id": "draft", "type": "agent", "prompt": "Write"},
