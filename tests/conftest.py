@@ -26,8 +26,12 @@ if not SESSION_REDIS.dies_with_parent:  # else it ends with this process, after 
 os.environ["REDIS_URL"] = settings.REDIS_URL = settings.CELERY_BROKER_URL = SESSION_REDIS.url
 settings.EVENTSTREAM_REDIS = {**settings.EVENTSTREAM_REDIS, "port": SESSION_REDIS.port, "db": 0}
 
+from django_celery_beat.models import PeriodicTask  # noqa: E402
+
 from agents import stream  # noqa: E402  (after the settings above)
-from agents.models import ApiKey, Run, Thread  # noqa: E402
+from agents.models import Agent, ApiKey, Message, Run, Thread  # noqa: E402
+from scheduling.models import Schedule  # noqa: E402
+from workflows.models import StepRun, Workflow  # noqa: E402
 
 pytest.register_assert_rewrite("sse")  # its assertions on transcripts say what differs
 
@@ -205,6 +209,12 @@ def start(live, headers, thread, message="Tell me something", **body):
     )
     assert r.status_code == 202, r.text
     return r.json()["id"]
+
+
+def saved():
+    """Every row a request could write, to compare before and after one that must save nothing."""
+    models = [Agent, Thread, Message, Run, StepRun, Workflow, Schedule, PeriodicTask]
+    return {model.__name__: list(model.objects.order_by("pk").values()) for model in models}
 
 
 def logged(run):

@@ -56,10 +56,10 @@ def test_beat_survives_schedules_deleted_while_it_reloads_them(live, live_api, a
     beat = live.start_beat()
     api = httpx.Client(base_url=f"{live.base_url}/api/schedules/", headers=live_api, timeout=10)
     # Beat looks for changes on every tick (each second here: the reaper's period), so rounds
-    # of creates and deletes land across many of its reloads. They go on until 2 s before the
-    # first minute boundary at least 12 s away, when `ticking` is due: at least ten reloads
-    # under churn (40 on average, more than the 20 s it was), and the fire that shows beat
-    # still fires comes right after the churn instead of up to a minute later.
+    # of creates and deletes land across many of its reloads. The fire that shows beat still
+    # fires after them can only come at a minute boundary, so the churn fills the time until
+    # then: it ends 2 s before the first boundary at least 12 s away. That is 10 to 70 s of
+    # reloads under churn (it was 20 s, then up to a minute of waiting for the fire).
     now = timezone.now()
     due = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
     if due - now < timedelta(seconds=12):

@@ -5,9 +5,10 @@ import copy
 
 import pytest
 
-from agents.models import Message, Run, Thread
+from agents.models import Run
 from workflows.models import Workflow
 
+from conftest import saved
 from examples import THREE_STEPS
 
 pytestmark = pytest.mark.django_db
@@ -119,10 +120,6 @@ def test_it_retries_only_a_failed_workflow_run(alice, alice_api, workflow):
     r = alice_api.post(f"/api/runs/{run_id}/retry/")
     assert r.status_code == 409
     assert "Only a failed workflow run" in r.json()["detail"]
-
-
-def saved():
-    return Thread.objects.count(), Run.objects.count(), Message.objects.count()
 
 
 def test_it_refuses_a_start_whose_inputs_would_render_past_the_message_limit(alice, alice_api):
