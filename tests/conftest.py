@@ -4,9 +4,11 @@ import os
 import time
 from urllib.parse import urlsplit
 
+import celery
 import httpx
 import pytest
 from django.conf import settings
+from django.test import Client
 from rest_framework.test import APIClient
 
 from config.celery import app as celery_app
@@ -24,8 +26,12 @@ if not SESSION_REDIS.dies_with_parent:  # else it ends with this process, after 
 os.environ["REDIS_URL"] = settings.REDIS_URL = settings.CELERY_BROKER_URL = SESSION_REDIS.url
 settings.EVENTSTREAM_REDIS = {**settings.EVENTSTREAM_REDIS, "port": SESSION_REDIS.port, "db": 0}
 
-from agents import stream, tasks  # noqa: E402  (after the settings above)
-from agents.models import ApiKey, Run, Thread  # noqa: E402
+from django_celery_beat.models import PeriodicTask  # noqa: E402
+
+from agents import stream  # noqa: E402  (after the settings above)
+from agents.models import Agent, ApiKey, Message, Run, Thread  # noqa: E402
+from scheduling.models import Schedule  # noqa: E402
+from workflows.models import StepRun, Workflow  # noqa: E402
 
 pytest.register_assert_rewrite("sse")  # its assertions on transcripts say what differs
 
@@ -82,6 +88,14 @@ def client_for(user):
 
 
 @pytest.fixture
+def alice_web(alice):
+    """Alice logged in to the pages."""
+    client = Client()
+    client.force_login(alice)
+    return client
+
+
+@pytest.fixture
 def alice_api(alice):
     return client_for(alice)
 
@@ -126,18 +140,64 @@ def live_api(live, transactional_db, alice):
     return bearer(alice)
 
 
+class Queue:
+    """What the code under test enqueued, each message as a worker would receive it: through a
+    JSON round trip, so an argument that would not serialize (a UUID, a model) fails here, not in
+    production. Plain `json`, stricter than kombu's, which would carry a UUID as a tagged object:
+    task arguments stay plain ids that any consumer reads."""
+
+    def __init__(self):
+        self.sent = []  # (task name, args, kwargs)
+
+    def apply_async(self, task, args=None, kwargs=None, **options):
+        message = json.loads(json.dumps({"args": list(args or ()), "kwargs": kwargs or {}}))
+        self.sent.append((task.name, message["args"], message["kwargs"]))
+
+    def args(self, task):
+        """The arguments of each message sent to `task`, in order."""
+        return [args for name, args, _ in self.sent if name == task.name]
+
+    def run(self):
+        """Be the worker: run what was sent, in order, in this process."""
+        sent, self.sent = self.sent, []
+        for name, args, kwargs in sent:
+            celery_app.tasks[name](*args, **kwargs)
+
+
 @pytest.fixture
 def no_queue(monkeypatch):
-    """For tests that are the worker: keep their runs away from a live worker the end-to-end
-    tests may have left running, which would otherwise race them for the claim."""
-    monkeypatch.setattr(tasks.execute_run_task, "delay", lambda run_id: None)
+    """For tests that are the worker: what they enqueue stays in a Queue (run it with .run()),
+    away from a live worker the end-to-end tests may have left running, which would otherwise
+    race them for the claim. `delay` calls `apply_async`, so both ways of sending land here."""
+    queue = Queue()
+
+    def apply_async(task, args=None, kwargs=None, **options):
+        queue.apply_async(task, args, kwargs, **options)
+
+    monkeypatch.setattr(celery.Task, "apply_async", apply_async)
+    return queue
 
 
-def new_thread(user, words=40, delay_ms=0):
+def pace(user, words=40, delay_ms=0, **agent_fields):
+    """The user's agent, its demo replies `words` long at `delay_ms` a word (at once unless a
+    test needs the time), with the other agent fields given."""
     agent = user.agents.get()
     agent.config = {"demo": {"words": words, "delay_ms": delay_ms}}
+    for field, value in agent_fields.items():
+        setattr(agent, field, value)
     agent.save()
-    return Thread.objects.create(owner=user, agent=agent)
+    return agent
+
+
+def new_thread(user, words=40, delay_ms=0, **agent_fields):
+    """A thread on the user's agent, paced as `pace` does."""
+    return Thread.objects.create(owner=user, agent=pace(user, words, delay_ms, **agent_fields))
+
+
+@pytest.fixture
+def thread(alice):
+    """Alice's thread with her agent as it comes, for tests that run nothing."""
+    return Thread.objects.create(owner=alice, agent=alice.agents.get())
 
 
 def start(live, headers, thread, message="Tell me something", **body):
@@ -149,6 +209,12 @@ def start(live, headers, thread, message="Tell me something", **body):
     )
     assert r.status_code == 202, r.text
     return r.json()["id"]
+
+
+def saved():
+    """Every row a request could write, to compare before and after one that must save nothing."""
+    models = [Agent, Thread, Message, Run, StepRun, Workflow, Schedule, PeriodicTask]
+    return {model.__name__: list(model.objects.order_by("pk").values()) for model in models}
 
 
 def logged(run):

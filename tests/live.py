@@ -13,9 +13,9 @@ from django.db import connection
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port():
+def free_port(host="127.0.0.1"):
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 

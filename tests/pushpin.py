@@ -21,7 +21,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -29,6 +28,8 @@ import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from live import free_port
 
 CONFIG = """\
 [global]
@@ -94,12 +95,6 @@ IPC_PATH_MAX = 100
 LONGEST_IPC_NAME = "pushpin-condure-out-stream"
 # Requests for this host go to the probe backend below, not to the web processes.
 READY_HOST = "pushpin-ready"
-
-
-def free_port(host="127.0.0.1"):
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def installed():

@@ -6,12 +6,12 @@ answered 500 before, some only on PostgreSQL."""
 import json
 
 import pytest
-from django.test import Client
-from django_celery_beat.models import PeriodicTask
 
-from agents.models import Agent, Message, Run, Thread
+from agents.models import Agent, Run, Thread
 from scheduling.models import Schedule
 from workflows.models import Workflow
+
+from conftest import saved
 
 pytestmark = pytest.mark.django_db
 
@@ -50,12 +50,6 @@ def fill(text, world):
     for name, obj in world.items():
         text = text.replace(f'"<{name}>"', str(obj.pk)).replace(f"<{name}>", str(obj.pk))
     return text
-
-
-def saved():
-    """Every row a request could write, to compare before and after it."""
-    models = [Agent, Thread, Message, Run, Workflow, Schedule, PeriodicTask]
-    return {model.__name__: list(model.objects.order_by("pk").values()) for model in models}
 
 
 def send(api, world, method, url, fields, raw):
@@ -229,13 +223,6 @@ def test_it_refuses_a_form_body_on_the_api(alice_api, world):
 
 
 # the pages
-
-
-@pytest.fixture
-def alice_web(alice):
-    client = Client()
-    client.force_login(alice)
-    return client
 
 
 @pytest.mark.parametrize(

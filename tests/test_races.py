@@ -15,8 +15,7 @@ from conftest import client_for
 pytestmark = pytest.mark.django_db(transaction=True)  # foreign keys are checked at commit
 
 
-def test_a_thread_given_an_agent_deleted_meanwhile_is_a_409(alice):
-    thread = Thread.objects.create(owner=alice, agent=alice.agents.get())
+def test_a_thread_given_an_agent_deleted_meanwhile_is_a_409(alice, thread):
     doomed = Agent.objects.create(owner=alice, name="Doomed")
 
     def delete_the_agent(sender, instance, **kwargs):  # after validation, before the write

@@ -11,12 +11,8 @@ from workflows.models import Workflow
 
 from examples import THREE_STEPS
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def thread(alice):
-    return Thread.objects.create(owner=alice, agent=alice.agents.get())
+# what the API enqueues goes through the JSON round trip, not to a live worker of the session
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_queue")]
 
 
 def start(api, thread, **body):
@@ -258,12 +254,13 @@ def test_it_answers_404_for_malformed_ids(alice_api):
     assert alice_api.get("/api/threads/abc/").status_code == 404
 
 
-def test_a_start_the_queue_refuses_answers_503_and_saves_nothing(alice, alice_api, monkeypatch):
+def test_a_start_the_queue_refuses_answers_503_and_saves_nothing(
+    alice, alice_api, thread, monkeypatch
+):
     def broker_down(run_id):
         raise OSError("Connection refused")
 
     monkeypatch.setattr(tasks.execute_run_task, "delay", broker_down)
-    thread = Thread.objects.create(owner=alice, agent=alice.agents.get())
     r = start(alice_api, thread)
     assert (r.status_code, r.data["code"]) == (503, "queue_unavailable")
     assert not Run.objects.exists()

@@ -14,7 +14,7 @@ from agents import services, stream
 from agents.models import Message, Run, Thread
 from workflows.models import Workflow
 
-from conftest import wait_for_status
+from conftest import pace, wait_for_status
 from examples import THREE_STEPS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -56,15 +56,6 @@ def page(browser, live, alice):
     yield page
     context.close()
     assert not errors, f"the page logged errors: {errors}"
-
-
-def pace(user, words, delay_ms, **fields):
-    agent = user.agents.get()
-    agent.config = {"demo": {"words": words, "delay_ms": delay_ms}}
-    for field, value in fields.items():
-        setattr(agent, field, value)
-    agent.save()
-    return agent
 
 
 def open_chat(page, user):

@@ -13,7 +13,7 @@ from django.test import override_settings
 from agents import services, stream
 from agents.models import ApiKey, Run, Thread
 
-from conftest import new_thread, start, wait_for, wait_for_status
+from conftest import new_thread, pace, start, wait_for, wait_for_status
 from sse import assert_consecutive, follow, parse, text_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -148,6 +148,10 @@ def test_it_answers_409_on_a_busy_thread_and_interrupts_when_asked(live, live_ap
         f"{live.base_url}/api/threads/{thread.pk}/runs/", json={"message": "x"}, headers=live_api
     )
     assert busy.status_code == 409
+    # The first reply is long so that it is still streaming when the interrupt comes (1,000
+    # words at 20 ms: 20 s); the second one's length proves nothing, so it is short. The first
+    # run's model already has its length: a worker reads the agent once per run.
+    pace(alice, words=5)
     second = start(live, live_api, thread, "second", if_busy="interrupt")
     assert Run.objects.get(pk=first).status == Run.Status.STOPPED
     wait_for_status(second, Run.Status.COMPLETED, timeout=60)
@@ -184,9 +188,7 @@ def test_it_fails_a_run_whose_worker_was_killed_and_ends_its_stream(live, live_a
 
 @override_settings(RUN_MAX_ACTIVE_PER_USER=100)
 def test_one_worker_holds_fifty_slow_runs_at_once(live, live_api, alice):
-    agent = alice.agents.get()
-    agent.config = {"demo": {"words": 30, "delay_ms": 100}}  # about 3 s each
-    agent.save()
+    agent = pace(alice, words=30, delay_ms=100)  # about 3 s each
     threads = [Thread.objects.create(owner=alice, agent=agent) for _ in range(50)]
     # started here, where the cap is raised, rather than through the web process
     runs = [services.run_start(user=alice, thread=t, message="Go slowly").pk for t in threads]

@@ -15,13 +15,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def alice_web(alice):
-    client = Client()
-    client.force_login(alice)
-    return client
-
-
-@pytest.fixture
 def thread(alice):
     return Thread.objects.create(owner=alice, agent=alice.agents.get(), title="Plans")
 

@@ -11,26 +11,18 @@ import redis
 from django.utils import timezone
 
 from agents import runner, services, stream, tasks
-from agents.models import Message, Run, Thread
+from agents.models import Message, Run
 
 import fakellm
-from conftest import logged, wait_for, wait_for_status
+from conftest import logged, new_thread, wait_for, wait_for_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_queue")]
 
 
-def make_thread(user, **agent_fields):
-    agent = user.agents.get()
-    for field, value in agent_fields.items():
-        setattr(agent, field, value)
-    agent.save()
-    return Thread.objects.create(owner=user, agent=agent)
-
-
-def test_it_streams_a_demo_reply_into_a_saved_message(alice):
-    thread = make_thread(alice, config={"demo": {"words": 30, "delay_ms": 0}})
+def test_it_streams_a_demo_reply_into_a_saved_message(alice, no_queue):
+    thread = new_thread(alice, words=30)
     run = services.run_start(user=alice, thread=thread, message="Tell me a story")
-    runner.execute(run.pk)
+    no_queue.run()  # the task, with its message as a worker receives it
     run.refresh_from_db()
     assert run.status == Run.Status.COMPLETED
     assert run.attempt == 1
@@ -52,7 +44,7 @@ def test_it_streams_a_demo_reply_into_a_saved_message(alice):
 
 
 def test_it_calls_a_tool_and_reports_its_result(alice):
-    thread = make_thread(alice)
+    thread = new_thread(alice)
     run = services.run_start(user=alice, thread=thread, message="Please calculate 2 * (3 + 4)")
     runner.execute(run.pk)
     types = [e[1] for e in logged(run)]
@@ -66,7 +58,7 @@ def test_it_calls_a_tool_and_reports_its_result(alice):
 
 
 def test_it_turns_a_failing_tool_into_a_result_and_goes_on(alice):
-    thread = make_thread(alice)
+    thread = new_thread(alice)
     run = services.run_start(user=alice, thread=thread, message="calculate 1/0")
     runner.execute(run.pk)
     run.refresh_from_db()
@@ -79,7 +71,7 @@ def test_it_turns_a_failing_tool_into_a_result_and_goes_on(alice):
 
 def test_it_fails_a_run_that_uses_all_its_turns(alice, settings):
     settings.RUN_MAX_TURNS = 1
-    thread = make_thread(alice)
+    thread = new_thread(alice)
     run = services.run_start(user=alice, thread=thread, message="calculate 6*7")
     runner.execute(run.pk)
     run.refresh_from_db()
@@ -88,7 +80,7 @@ def test_it_fails_a_run_that_uses_all_its_turns(alice, settings):
 
 
 def test_it_does_not_run_a_run_stopped_before_the_claim(alice):
-    thread = make_thread(alice)
+    thread = new_thread(alice)
     run = services.run_start(user=alice, thread=thread, message="Hello")
     services.run_stop(run=run)
     runner.execute(run.pk)  # the message arrives after the stop
@@ -99,7 +91,7 @@ def test_it_does_not_run_a_run_stopped_before_the_claim(alice):
 
 
 def test_it_ends_stopped_when_the_stop_lands_between_claim_and_start(alice):
-    thread = make_thread(alice)
+    thread = new_thread(alice)
     run = services.run_start(user=alice, thread=thread, message="Hello")
     # the stop request is recorded but its status change lost the race to a claim
     Run.objects.filter(pk=run.pk).update(stop_requested=timezone.now())
@@ -110,7 +102,7 @@ def test_it_ends_stopped_when_the_stop_lands_between_claim_and_start(alice):
 
 
 def test_it_stops_a_running_run_and_keeps_the_partial_reply(alice):
-    thread = make_thread(alice, config={"demo": {"words": 500, "delay_ms": 20}})
+    thread = new_thread(alice, words=500, delay_ms=20)
     run = services.run_start(user=alice, thread=thread, message="Go on and on")
     worker = threading.Thread(target=runner.execute, args=(run.pk,))
     worker.start()
@@ -130,7 +122,7 @@ def test_it_stops_a_running_run_and_keeps_the_partial_reply(alice):
 
 
 def test_it_reaps_a_run_whose_lease_expired_once(alice):
-    thread = make_thread(alice)
+    thread = new_thread(alice)
     run = services.run_start(user=alice, thread=thread, message="Hello")
     assert services.run_claim(run_id=run.pk, worker="gone:1")
     Run.objects.filter(pk=run.pk).update(lease_expires=timezone.now() - timedelta(seconds=1))
@@ -147,7 +139,7 @@ def test_it_reaps_a_run_whose_lease_expired_once(alice):
 
 
 def test_it_leaves_a_run_with_a_live_lease_alone(alice):
-    thread = make_thread(alice)
+    thread = new_thread(alice)
     run = services.run_start(user=alice, thread=thread, message="Hello")
     services.run_claim(run_id=run.pk, worker="alive:1")
     assert services.runs_reap() == 0
@@ -162,7 +154,7 @@ def test_it_runs_an_openai_compatible_model_with_native_tool_calls(alice, settin
             chunks=[*fakellm.tool_call(0, "call_a", "calculator", arguments), fakellm.usage(9, 4)]
         )
         fake.script(chunks=[fakellm.text("It is "), fakellm.text("42."), fakellm.usage(20, 3)])
-        thread = make_thread(alice, model="gpt-test")
+        thread = new_thread(alice, model="gpt-test")
         run = services.run_start(user=alice, thread=thread, message="What is six times seven?")
         runner.execute(run.pk)
         second = fake.requests[1].body
@@ -180,7 +172,7 @@ def test_it_fails_the_run_with_the_model_servers_error(alice, settings):
     with fakellm.FakeLLM() as fake:
         settings.LLM_BASE_URL = fake.base_url
         fake.fail(500, "the model is overloaded")
-        thread = make_thread(alice, model="gpt-test")
+        thread = new_thread(alice, model="gpt-test")
         run = services.run_start(user=alice, thread=thread, message="Hi")
         runner.execute(run.pk)
     run.refresh_from_db()
@@ -191,7 +183,7 @@ def test_it_fails_the_run_with_the_model_servers_error(alice, settings):
 
 
 def test_it_leaves_unanswered_tool_calls_out_of_the_history(alice):
-    thread = make_thread(alice)
+    thread = new_thread(alice)
     run = services.run_start(user=alice, thread=thread, message="calc")
     services.run_stop(run=run)
     thread.append_message(
@@ -203,7 +195,7 @@ def test_it_leaves_unanswered_tool_calls_out_of_the_history(alice):
 
 def test_it_fails_a_run_over_its_time_limit(alice, settings):
     settings.RUN_TIME_LIMIT = 1
-    thread = make_thread(alice, config={"demo": {"words": 500, "delay_ms": 20}})
+    thread = new_thread(alice, words=500, delay_ms=20)
     run = services.run_start(user=alice, thread=thread, message="Take your time")
     runner.execute(run.pk)
     run.refresh_from_db()
@@ -218,7 +210,7 @@ def test_it_stores_text_with_null_characters_from_a_model(alice, settings):
     with fakellm.FakeLLM() as fake:
         settings.LLM_BASE_URL = fake.base_url
         fake.script(chunks=[fakellm.text("a\u0000b")])
-        thread = make_thread(alice, model="gpt-test")
+        thread = new_thread(alice, model="gpt-test")
         run = services.run_start(user=alice, thread=thread, message="Hi")
         runner.execute(run.pk)
     reply = thread.messages.get(role="assistant").content
@@ -227,7 +219,7 @@ def test_it_stores_text_with_null_characters_from_a_model(alice, settings):
 
 
 def test_it_saves_a_lost_workers_partial_reply_from_the_log_once(alice):
-    thread = make_thread(alice)
+    thread = new_thread(alice)
     run = services.run_start(user=alice, thread=thread, message="Hello")
     services.run_claim(run_id=run.pk, worker="gone:1")
     # what a worker leaves behind when it dies mid-reply: an empty message, and deltas
@@ -255,7 +247,7 @@ def test_it_saves_a_lost_workers_partial_reply_from_the_log_once(alice):
 
 
 def test_a_runs_terminal_event_goes_into_its_log_once(alice):
-    run = services.run_start(user=alice, thread=make_thread(alice), message="Hello")
+    run = services.run_start(user=alice, thread=new_thread(alice), message="Hello")
     for status in ["stopped", "failed", "stopped"]:
         stream.emit(run.pk, "run.status", status=status, error="")
     statuses = [e[2]["status"] for e in logged(run) if e[1] == "run.status"]
@@ -263,7 +255,7 @@ def test_a_runs_terminal_event_goes_into_its_log_once(alice):
 
 
 def test_the_reaper_announces_an_end_whose_process_died_before_announcing_it(alice):
-    run = services.run_start(user=alice, thread=make_thread(alice), message="Hello")
+    run = services.run_start(user=alice, thread=new_thread(alice), message="Hello")
     # ended in the database, then killed before its emit
     finished = timezone.now() - timedelta(seconds=10)
     Run.objects.filter(pk=run.pk).update(status="completed", finished=finished)
@@ -273,31 +265,30 @@ def test_the_reaper_announces_an_end_whose_process_died_before_announcing_it(ali
 
 
 def test_the_reaper_leaves_announced_and_just_ended_runs_alone(alice):
-    announced = services.run_start(user=alice, thread=make_thread(alice), message="Hello")
+    announced = services.run_start(user=alice, thread=new_thread(alice), message="Hello")
     services.run_finish(run=announced, status="completed")
     Run.objects.filter(pk=announced.pk).update(finished=timezone.now() - timedelta(seconds=10))
-    just_ended = services.run_start(user=alice, thread=make_thread(alice), message="Hello")
+    just_ended = services.run_start(user=alice, thread=new_thread(alice), message="Hello")
     Run.objects.filter(pk=just_ended.pk).update(status="completed", finished=timezone.now())
     services.runs_reap()
     for run in (announced, just_ended):
         assert [e[1] for e in logged(run)].count("run.status") == 1 + (run is announced)
 
 
-def test_the_reaper_enqueues_an_unclaimed_run_again_once_a_period(alice, monkeypatch, settings):
-    run = services.run_start(user=alice, thread=make_thread(alice), message="Hello")
-    sent = []
-    monkeypatch.setattr(tasks.execute_run_task, "delay", sent.append)
+def test_the_reaper_enqueues_an_unclaimed_run_again_once_a_period(alice, no_queue, settings):
+    run = services.run_start(user=alice, thread=new_thread(alice), message="Hello")
+    sent = no_queue.args(tasks.execute_run_task)
     services.runs_reap()
-    assert sent == []  # it has not waited long enough
+    assert no_queue.args(tasks.execute_run_task) == sent == [[str(run.pk)]]  # too early
     waited = timezone.now() - timedelta(seconds=settings.RUN_REQUEUE_SECONDS + 1)
     Run.objects.filter(pk=run.pk).update(created=waited)
     services.runs_reap()
     services.runs_reap()
-    assert sent == [str(run.pk)]
+    assert no_queue.args(tasks.execute_run_task) == [[str(run.pk)]] * 2  # the start's, one more
 
 
 def test_it_drops_a_lost_workers_empty_reply(alice):
-    thread = make_thread(alice)
+    thread = new_thread(alice)
     run = services.run_start(user=alice, thread=thread, message="Hello")
     services.run_claim(run_id=run.pk, worker="gone:1")
     thread.append_message(role=Message.Role.ASSISTANT, run=run)
@@ -308,7 +299,7 @@ def test_it_drops_a_lost_workers_empty_reply(alice):
 
 def test_it_honours_a_stop_whose_redis_flag_was_lost(alice, settings):
     settings.RUN_HEARTBEAT_SECONDS = 0.5
-    thread = make_thread(alice, config={"demo": {"words": 500, "delay_ms": 20}})
+    thread = new_thread(alice, words=500, delay_ms=20)
     run = services.run_start(user=alice, thread=thread, message="Go on")
     worker = threading.Thread(target=runner.execute, args=(run.pk,))
     worker.start()
@@ -319,7 +310,7 @@ def test_it_honours_a_stop_whose_redis_flag_was_lost(alice, settings):
 
 
 def test_it_runs_a_run_claimed_while_redis_is_away(alice, monkeypatch):
-    thread = make_thread(alice, config={"demo": {"words": 5, "delay_ms": 0}})
+    thread = new_thread(alice, words=5, delay_ms=0)
     run = services.run_start(user=alice, thread=thread, message="Hello")
 
     def away(run_ids):
@@ -337,7 +328,7 @@ def test_it_cuts_a_silent_model_off_at_the_time_limit(alice, settings):
     with fakellm.FakeLLM() as fake:
         settings.LLM_BASE_URL = fake.base_url
         fake.script(silent=True)  # takes the request, then says nothing for LLM_TIMEOUT (120 s)
-        thread = make_thread(alice, model="gpt-test")
+        thread = new_thread(alice, model="gpt-test")
         run = services.run_start(user=alice, thread=thread, message="Hi")
         started = time.monotonic()
         worker = threading.Thread(target=runner.execute, args=(run.pk,))
@@ -359,7 +350,7 @@ def test_a_stop_before_the_time_limit_still_ends_the_run_stopped(alice, settings
     with fakellm.FakeLLM() as fake:
         settings.LLM_BASE_URL = fake.base_url
         fake.script(silent=True)
-        thread = make_thread(alice, model="gpt-test")
+        thread = new_thread(alice, model="gpt-test")
         run = services.run_start(user=alice, thread=thread, message="Hi")
         worker = threading.Thread(target=runner.execute, args=(run.pk,))
         worker.start()
@@ -376,7 +367,7 @@ def test_a_worker_that_lost_its_lease_stops_the_run_and_writes_nothing_more(alic
         settings.LLM_BASE_URL = fake.base_url
         # the second piece waits in the delta window, unsent, when the model goes quiet
         fake.script([fakellm.text("Half "), fakellm.text("a reply")], hang=True)
-        thread = make_thread(alice, model="gpt-test")
+        thread = new_thread(alice, model="gpt-test")
         run = services.run_start(user=alice, thread=thread, message="Hi")
         worker = threading.Thread(target=runner.execute, args=(run.pk,))
         worker.start()
@@ -400,7 +391,7 @@ def test_a_worker_frozen_past_its_lease_writes_nothing_before_it_asks(alice, set
     with fakellm.FakeLLM() as fake:
         settings.LLM_BASE_URL = fake.base_url
         fake.script([fakellm.text(f"word{i} ") for i in range(20)], delay=0.2)
-        thread = make_thread(alice, model="gpt-test")
+        thread = new_thread(alice, model="gpt-test")
         run = services.run_start(user=alice, thread=thread, message="Hi")
         worker = threading.Thread(target=runner.execute, args=(run.pk,))
         worker.start()

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from agents import runner, services, tools
-from agents.models import Run, Thread
+from agents.models import Run
 from workflows.models import Workflow
 
 from conftest import logged, wait_for, wait_for_status
@@ -47,10 +47,9 @@ def stop_during_the_tool(run, thread):
 
 
 def test_a_stop_during_a_tool_call_ends_the_run_at_once_and_drops_the_result(
-    alice, slow_calculator
+    alice, thread, slow_calculator
 ):
     release, returned = slow_calculator
-    thread = Thread.objects.create(owner=alice, agent=alice.agents.get())
     run = services.run_start(user=alice, thread=thread, message="Please calculate 6*7")
     worker = threading.Thread(target=runner.execute, args=(run.pk,))
     worker.start()

@@ -11,15 +11,13 @@ from django.utils import timezone
 from agents.models import Run, Thread
 from scheduling.models import Fire, Schedule
 
-from conftest import wait_for
+from conftest import pace, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 def test_a_real_beat_fires_a_per_minute_schedule_into_a_run(live, alice):
-    agent = alice.agents.get()
-    agent.config = {"demo": {"words": 5, "delay_ms": 0}}
-    agent.save()
+    agent = pace(alice, words=5)
     schedule = Schedule.objects.create(
         owner=alice, name="Every minute", target="agent", agent=agent, prompt="Tick",
         cron="* * * * *", timezone="America/New_York",
@@ -50,20 +48,28 @@ def test_a_real_beat_fires_a_per_minute_schedule_into_a_run(live, alice):
 def test_beat_survives_schedules_deleted_while_it_reloads_them(live, live_api, alice):
     """Issue 11, item 1: beat read the periodic tasks, then their crontabs in a second query; a
     schedule deleted in between left a task without its crontab, and beat exited."""
-    agent = alice.agents.get()
-    agent.config = {"demo": {"words": 5, "delay_ms": 0}}
-    agent.save()
+    agent = pace(alice, words=5)
     ticking = Schedule.objects.create(
         owner=alice, name="Every minute", target="agent", agent=agent, prompt="Tick",
         cron="* * * * *",
     )  # fmt: skip
     beat = live.start_beat()
     api = httpx.Client(base_url=f"{live.base_url}/api/schedules/", headers=live_api, timeout=10)
-    churned, started = 0, time.monotonic()
+    # Beat looks for changes on every tick (each second here: the reaper's period), so rounds
+    # of creates and deletes land across many of its reloads. The fire that shows beat still
+    # fires after them can only come at a minute boundary, so the churn fills the time until
+    # then: it ends 2 s before the first boundary at least 12 s away. That is 10 to 70 s of
+    # reloads under churn (it was 20 s, then up to a minute of waiting for the fire).
+    now = timezone.now()
+    due = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    if due - now < timedelta(seconds=12):
+        due += timedelta(minutes=1)
+    churn_until = time.monotonic() + (due - now).total_seconds() - 2
+    churned, longest = 0, 0.0
     try:
-        # Beat looks for changes on every tick (each second here: the reaper's period), so
-        # rounds of creates and deletes land across many of its reloads.
-        while time.monotonic() - started < 20 and beat.poll() is None:
+        # a round that would end past the boundary is not begun, so the fire comes after it
+        while time.monotonic() + longest < churn_until and beat.poll() is None:
+            round_started = time.monotonic()
             ids = []
             for i in range(99):  # with the ticking one, the default cap of 100 per user
                 body = {"name": f"s{churned}-{i}", "target": "agent", "agent": agent.pk,
@@ -74,6 +80,7 @@ def test_beat_survives_schedules_deleted_while_it_reloads_them(live, live_api, a
             for pk in ids:
                 assert api.delete(f"{pk}/").status_code == 204
             churned += 1
+            longest = max(longest, time.monotonic() - round_started)
         churn_end = timezone.now()
         log = (live.logs / "beat.log").read_text()[-3000:]
         assert beat.poll() is None, f"beat exited after {churned} rounds:\n{log}"
@@ -89,7 +96,7 @@ def test_beat_survives_schedules_deleted_while_it_reloads_them(live, live_api, a
             timeout=15,
             message="beat's reaper to end the lost run",
         )
-        # and it still fires: the schedule that stayed fires at the next minute
+        # and it still fires: the schedule that stayed fires at the minute after the churn
         wait_for(
             lambda: Fire.objects.filter(schedule=ticking, slot__gt=churn_end).exists(),
             timeout=75,

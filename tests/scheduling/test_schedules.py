@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import connection
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
-from agents import services, tasks
+from agents import services
 from agents.models import Run, Thread
 from config.celery import app as celery_app
 from scheduling.models import Fire, Schedule
@@ -20,13 +20,7 @@ from workflows.models import Workflow
 
 from conftest import wait_for
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _no_queue(monkeypatch):
-    # the runs stay queued: what these tests look at is what the fires started
-    monkeypatch.setattr(tasks.execute_run_task, "delay", lambda run_id: None)
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_queue")]  # runs stay queued
 
 
 def agent_schedule(user, **fields):

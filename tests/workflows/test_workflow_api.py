@@ -5,12 +5,14 @@ import copy
 
 import pytest
 
-from agents.models import Message, Run, Thread
+from agents.models import Run
 from workflows.models import Workflow
 
+from conftest import saved
 from examples import THREE_STEPS
 
-pytestmark = pytest.mark.django_db
+# what the API enqueues goes through the JSON round trip, not to a live worker of the session
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_queue")]
 
 
 @pytest.fixture
@@ -121,10 +123,6 @@ def test_it_retries_only_a_failed_workflow_run(alice, alice_api, workflow):
     assert "Only a failed workflow run" in r.json()["detail"]
 
 
-def saved():
-    return Thread.objects.count(), Run.objects.count(), Message.objects.count()
-
-
 def test_it_refuses_a_start_whose_inputs_would_render_past_the_message_limit(alice, alice_api):
     # Issue 11's attack, at a tenth of its size: one input referenced 2,000 times.
     definition = {
@@ -164,7 +162,7 @@ def test_a_start_refused_over_the_active_run_cap_saves_nothing(alice_api, workfl
     assert saved() == before
 
 
-def test_a_start_refused_on_a_busy_thread_saves_nothing(alice_api, workflow, no_queue):
+def test_a_start_refused_on_a_busy_thread_saves_nothing(alice_api, workflow):
     url = f"/api/workflows/{workflow.pk}/runs/"
     first = alice_api.post(url, {"inputs": {"a": 1}}, format="json").data
     before = saved()

@@ -8,7 +8,7 @@ import pytest
 from agents.models import Agent, Run
 from workflows.models import StepRun, Workflow
 
-from conftest import wait_for_status
+from conftest import pace, wait_for_status
 from examples import THREE_STEPS
 from sse import follow, text_of
 
@@ -65,9 +65,7 @@ def test_it_runs_a_tool_a_condition_and_an_agent_step(live, live_api, alice):
 
 
 def test_it_stops_a_workflow_in_the_middle_of_a_step(live, live_api, alice):
-    agent = alice.agents.get()
-    agent.config = {"demo": {"words": 1000, "delay_ms": 20}}
-    agent.save()
+    pace(alice, words=1000, delay_ms=20)
     workflow = Workflow.objects.create(owner=alice, name="W", definition=THREE_STEPS)
     run_id = start(live, live_api, workflow, {"a": 5})
     follow(live.base_url, run_id, live_api, until=lambda e: e.type == "message.delta")

@@ -4,19 +4,15 @@ import copy
 
 import pytest
 
-from agents import runner, services, tasks
+from agents import runner, services
 from agents.models import Agent, Run
 from workflows.models import Workflow
 
 import fakellm
+from conftest import pace
 from examples import THREE_STEPS
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def _no_queue(monkeypatch):
-    monkeypatch.setattr(tasks.execute_run_task, "delay", lambda run_id: None)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_queue")]
 
 
 def test_a_retry_keeps_skipping_what_a_reused_condition_skipped(alice, settings):
@@ -60,9 +56,7 @@ def test_a_condition_that_cannot_be_decided_fails_the_run_naming_the_step(alice)
 def test_a_step_whose_prompt_renders_past_the_message_limit_fails_naming_it(alice, settings):
     # The inputs pass the start's check; the first step's reply is known only at run time.
     settings.RUN_MESSAGE_MAX_BYTES = 1000
-    agent = alice.agents.get()
-    agent.config = {"demo": {"words": 300, "delay_ms": 0}}
-    agent.save()
+    pace(alice, words=300)
     definition = {
         "steps": [
             {"id": "draft", "type": "agent", "prompt": "Write"},
