@@ -1,8 +1,10 @@
 from django.contrib import admin
+from django.db import models
 
 from workflows.models import StepRun
 
 from .auth import AdminLoginForm
+from .forms import OVERRIDES
 from .models import Agent, ApiKey, Message, Run, Thread
 
 admin.site.login_form = AdminLoginForm  # throttled as the page login is
@@ -10,6 +12,7 @@ admin.site.login_form = AdminLoginForm  # throttled as the page login is
 
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
+    formfield_overrides = {models.JSONField: OVERRIDES}
     list_display = ["name", "owner", "model", "updated"]
     list_filter = ["model"]
     search_fields = ["name", "owner__username"]

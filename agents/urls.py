@@ -1,24 +1,27 @@
-from django.urls import path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+"""The agents app's pages (chats) and API (agents, threads, runs and their event streams, API
+keys). config/urls.py mounts `urlpatterns` at the root and `api_urlpatterns` under /api/."""
+
+from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from scheduling.api import ScheduleViewSet
-from workflows.api import WorkflowViewSet
-
-from . import api, events, http, keys
+from . import api, events, keys, views
 
 router = SimpleRouter()
 router.register("agents", api.AgentViewSet, basename="agent")
 router.register("threads", api.ThreadViewSet, basename="thread")
 router.register("runs", api.RunViewSet, basename="run")
-router.register("workflows", WorkflowViewSet, basename="workflow")
-router.register("schedules", ScheduleViewSet, basename="schedule")
 router.register("keys", keys.ApiKeyViewSet, basename="apikey")
 
 urlpatterns = [
-    path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("chats/", views.chat_list, name="chats"),
+    path("chats/new/", views.chat_create, name="chat-create"),
+    path("chats/<int:pk>/", views.chat_detail, name="chat"),
+    path("chats/<int:pk>/messages/", views.chat_messages, name="chat-messages"),
+    path("chats/<int:pk>/rename/", views.chat_rename, name="chat-rename"),
+    path("chats/<int:pk>/delete/", views.chat_delete, name="chat-delete"),
+]
+
+api_urlpatterns = [
     path("runs/<uuid:run_id>/events/", events.run_events, name="run-events"),
     *router.urls,
-    re_path(r"^(?P<path>.*/)$", http.not_found),  # last; unslashed URLs still redirect first
 ]

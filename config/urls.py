@@ -1,29 +1,34 @@
+"""Every app's pages at the root and its API under /api/, each from the app's own urls.py;
+the project-wide parts (login, the API's schema and docs, its JSON 404, the admin) here."""
+
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.templatetags.static import static
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from agents import views
+import agents.urls
+import scheduling.urls
+import workflows.urls
+from agents import http
 from agents.auth import LoginForm
-from scheduling import views as schedule_views
-from workflows import views as workflow_views
+
+APPS = [agents.urls, workflows.urls, scheduling.urls]
+
+api = [
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    *(pattern for app in APPS for pattern in app.api_urlpatterns),
+    re_path(r"^(?P<path>.*/)$", http.not_found),  # last; unslashed URLs still redirect first
+]
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="chats"), name="home"),
-    path("chats/", views.chat_list, name="chats"),
-    path("chats/new/", views.chat_create, name="chat-create"),
-    path("chats/<int:pk>/", views.chat_detail, name="chat"),
-    path("chats/<int:pk>/messages/", views.chat_messages, name="chat-messages"),
-    path("chats/<int:pk>/rename/", views.chat_rename, name="chat-rename"),
-    path("chats/<int:pk>/delete/", views.chat_delete, name="chat-delete"),
-    path("workflows/", workflow_views.workflow_list, name="workflows"),
-    path("workflows/<int:pk>/", workflow_views.workflow_detail, name="workflow"),
-    path("workflows/runs/<uuid:run_id>/", workflow_views.workflow_run, name="workflow-run"),
-    path("schedules/", schedule_views.schedule_list, name="schedules"),
+    *(pattern for app in APPS for pattern in app.urlpatterns),
     path("login/", auth_views.LoginView.as_view(authentication_form=LoginForm), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("api/", include("agents.urls")),
+    path("api/", include(api)),
     path("admin/", admin.site.urls),
     # browsers ask for it whatever the page links, and the admin's pages link none
     path("favicon.ico", RedirectView.as_view(url=static("relay/icon.svg"))),

@@ -2,8 +2,10 @@
 as they are; each schedule's PeriodicTask shows there under the name relay-schedule-<id>."""
 
 from django.contrib import admin, messages
+from django.db import models
 
 from agents.admin import ReadOnlyInline
+from agents.forms import OVERRIDES
 
 from . import cron, services
 from .models import Fire, Schedule
@@ -17,6 +19,7 @@ class FireInline(ReadOnlyInline):
 
 @admin.register(Schedule)
 class ScheduleAdmin(admin.ModelAdmin):
+    formfield_overrides = {models.JSONField: OVERRIDES}
     list_display = [
         "name", "owner", "target_name", "cron", "description", "timezone", "enabled",
         "next_fire", "last_outcome",

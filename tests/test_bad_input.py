@@ -324,3 +324,23 @@ def test_it_answers_413_to_a_body_over_the_upload_limit(alice_api, settings):
     r = alice_api.post("/api/agents/", {"name": "x" * 2000}, format="json")
     assert (r.status_code, r.json()["code"]) == (413, "too_large")
     assert not Agent.objects.filter(name="x" * 2000).exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        ('{"a": NaN}', "Numbers must be finite"),
+        ('{"a": "\\u0000"}', "Null characters are not allowed"),
+        ('{"a": "\\ud800"}', "Lone surrogates"),
+        ("[" * 5000, "Nested deeper than"),
+    ],
+)
+def test_the_admin_refuses_json_that_cannot_be_stored(alice, admin_client, config, reason):
+    agents = Agent.objects.count()
+    r = admin_client.post(
+        "/admin/agents/agent/add/",
+        {"owner": alice.pk, "name": "Admin's", "model": "demo", "tools": "[]", "config": config},
+    )
+    assert r.status_code == 200  # the form again, with the reason
+    assert reason in r.content.decode()
+    assert Agent.objects.count() == agents

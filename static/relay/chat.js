@@ -44,18 +44,17 @@
     return node;
   }
 
+  // the server's own markup (chats/_footer.html, chats/_tool.html), cloned
+  function fromTemplate(id) {
+    return document.getElementById(id).content.firstElementChild.cloneNode(true);
+  }
+
   function runSection(runId) {
     let section = runsBox.querySelector(`section.run[data-run="${runId}"]`);
     if (!section) {
       section = element("section", "run");
       section.dataset.run = runId;
-      const footer = element("footer", "run-footer");
-      for (const role of ["status", "error", "usage"]) {
-        const span = element("span", role === "status" ? "badge" : role === "error" ? "run-error" : "usage");
-        span.dataset.role = role;
-        footer.append(span, " ");
-      }
-      section.append(footer);
+      section.append(fromTemplate("footer-template"));
       runsBox.append(section);
     }
     return section;
@@ -79,14 +78,10 @@
   function toolCard(section, call, name, args) {
     let card = section.querySelector(`details.tool[data-call="${CSS.escape(call)}"]`);
     if (!card) {
-      card = element("details", "tool");
+      card = fromTemplate("tool-template");
       card.dataset.call = call;
-      const summary = element("summary");
-      summary.append(element("span", "tool-name", name), " ", element("span", "tool-state", "running…"));
-      const body = element("div", "tool-body");
-      body.append(element("h4", "", "Arguments"), element("pre", "tool-arguments", args || ""),
-                  element("h4", "tool-output-title", "Output"), element("pre", "tool-output", ""));
-      card.append(summary, body);
+      card.querySelector(".tool-name").textContent = name;
+      card.querySelector(".tool-arguments").textContent = args || "";
       insertBeforeFooter(section, card);
     }
     return card;
@@ -135,8 +130,9 @@
       card.querySelector(".tool-output").textContent = data.error || data.output;
     },
     usage(section, data) {
-      section.querySelector('[data-role="usage"]').textContent =
-        `${data.input_tokens} in · ${data.output_tokens} out tokens`;
+      const usage = section.querySelector('[data-role="usage"]');
+      usage.textContent = usage.dataset.format
+        .replace("{in}", data.input_tokens).replace("{out}", data.output_tokens);
     },
   };
 

@@ -78,5 +78,7 @@
     return Object.entries(body).map(([field, reasons]) => `${field}: ${[].concat(reasons).join(" ")}`).join("; ");
   }
 
-  window.Relay = { followRun, post, errorText, TERMINAL: new Set(["completed", "failed", "stopped"]) };
+  // the statuses come from the server (the relay-run-statuses script in base.html)
+  const statuses = JSON.parse(document.getElementById("relay-run-statuses").textContent);
+  window.Relay = { followRun, post, errorText, TERMINAL: new Set(statuses.terminal) };
 })();

@@ -1,6 +1,7 @@
 """The chat pages as Django renders them: access, the list, rename and delete, and what the
 Markdown of a reply may contain."""
 
+import json
 import re
 
 import pytest
@@ -8,7 +9,7 @@ from django.test import Client
 
 from agents import lifecycle
 from agents.markdown import render
-from agents.models import Message, Thread
+from agents.models import Message, Run, Thread
 
 pytestmark = pytest.mark.django_db
 
@@ -137,3 +138,16 @@ def test_the_admin_shows_threads_runs_and_their_records(alice, admin_client, thr
         assert admin_client.get(url).status_code == 200, url
     page = admin_client.get(f"/admin/agents/run/{run.pk}/change/").content.decode()
     assert "Go" in page  # its messages, inline
+
+
+def test_the_page_scripts_get_the_statuses_and_markup_from_the_server(alice_web, thread):
+    page = alice_web.get(f"/chats/{thread.pk}/").content.decode()
+    statuses = re.search(r'id="relay-run-statuses"[^>]*>(.*?)</script>', page).group(1)
+    assert json.loads(statuses) == {"active": list(Run.ACTIVE), "terminal": list(Run.TERMINAL)}
+    # the tool card and run footer a stream adds are the server's own partials
+    tool = re.search(
+        r'<template id="tool-template">\s*(<details class="tool".*?)</template>', page, re.S
+    )
+    assert 'class="tool-state">running…</span>' in tool.group(1)
+    footer = re.search(r'<template id="footer-template">(.*?)</template>', page, re.S).group(1)
+    assert 'data-format="{in} in · {out} out tokens"' in footer
