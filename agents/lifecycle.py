@@ -175,11 +175,11 @@ def run_finish(*, run, status, error="", where=None, usage=None):
         return False
     for field, value in changes.items():
         setattr(run, field, value)
-    # The row count makes this the one call that ended the run, but the log needs a guard of its
-    # own (the "ended" key of stream.APPEND): the reaper also announces ends, of runs whose
-    # process died before this emit, and cannot tell a dead process from a slow one; and events
-    # still arriving after the end (a late tool result, a worker that lost its run) must not
-    # append. Both are decided where the event is appended, in the same atomic Redis step.
+    # The row count makes this the one call that ended the run, but the log keeps a guard of its
+    # own (the "ended" key its append script checks, in stream.py): the reaper also announces
+    # ends, of runs whose process died before this emit, and cannot tell a dead process from a
+    # slow one; and events still arriving after the end (a late tool result, a worker that lost
+    # its run) must not append. Only the append itself, one atomic Redis step, can decide both.
     stream.emit(run.pk, "run.status", status=status, error=run.error)
     stream.retain(run.pk)
     return True
