@@ -70,7 +70,7 @@ class RunAdmin(admin.ModelAdmin):
     raw_id_fields = ["thread", "agent", "owner", "workflow", "retry_of"]
     # The lifecycle belongs to the workers and the stop service, not to hand edits.
     readonly_fields = [
-        "status", "error", "attempt", "lease_owner", "lease_expires", "stop_requested",
+        "status", "error", "attempt", "lease_owner", "lease_expires", "stop_requested", "requeued",
         "input_tokens", "output_tokens", "created", "started", "finished",
     ]  # fmt: skip
     inlines = [StepRunInline, MessageInline]

@@ -8,7 +8,9 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from . import openapi, services, tools
+from . import openapi, tools
+from .errors import ServiceConflict
+from .lifecycle import run_retry, run_start, run_stop
 from .models import Agent, Message, Run, Thread
 from .parsers import integer, object_id
 
@@ -141,7 +143,7 @@ class RaceSafeWrites:
             with transaction.atomic():
                 return write(*args, **kwargs)
         except IntegrityError:
-            raise services.ServiceConflict(
+            raise ServiceConflict(
                 "Something this refers to changed or was deleted meanwhile; try again."
             ) from None
 
@@ -180,7 +182,7 @@ class ThreadViewSet(
     serializer_class = ThreadSerializer
 
     def get_queryset(self):
-        active = Run.objects.active().filter(thread=OuterRef("pk")).values("pk")[:1]
+        active = Run.objects.active_on(OuterRef("pk")).values("pk")[:1]
         return self.request.user.threads.annotate(active_run=Subquery(active))
 
     def perform_create(self, serializer):
@@ -193,7 +195,7 @@ class ThreadViewSet(
         serializer.instance.active_run = None
 
     def perform_destroy(self, thread):
-        services.thread_delete(thread=thread)
+        thread.delete_if_idle()
 
     @extend_schema(responses=MessageSerializer(many=True))
     @action(detail=True, methods=["get"])
@@ -221,7 +223,7 @@ class ThreadViewSet(
             return self.get_paginated_response(RunSerializer(page, many=True).data)
         data = RunStartSerializer(data=request.data, context={"request": request})
         data.is_valid(raise_exception=True)
-        run = services.run_start(user=request.user, thread=thread, **data.validated_data)
+        run = run_start(user=request.user, thread=thread, **data.validated_data)
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
 
@@ -242,7 +244,7 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["post"])
     def stop(self, request, pk=None):
         run = self.get_object()
-        services.run_stop(run=run)
+        run_stop(run=run)
         run.refresh_from_db()
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
@@ -260,7 +262,7 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
     )
     @action(detail=True, methods=["post"])
     def retry(self, request, pk=None):
-        run = services.run_retry(run=self.get_object())
+        run = run_retry(run=self.get_object())
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
     @action(detail=True, methods=["get"])

@@ -9,6 +9,8 @@ from rest_framework import pagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from .errors import ServiceError
+
 
 class Pagination(pagination.PageNumberPagination):
     page_size = 50
@@ -17,8 +19,6 @@ class Pagination(pagination.PageNumberPagination):
 
 
 def exception_handler(exc, context):
-    from .services import ServiceError
-
     if isinstance(exc, ServiceError):
         return Response({"detail": exc.message, "code": exc.code, **exc.extra}, status=exc.status)
     if isinstance(exc, RequestDataTooBig):  # else Django's HTML 400

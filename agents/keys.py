@@ -7,8 +7,8 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.response import Response
 
 from . import openapi
+from .errors import ServiceError
 from .models import ApiKey
-from .services import ServiceError
 
 
 class TooManyKeys(ServiceError):

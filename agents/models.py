@@ -9,6 +9,8 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
+from .errors import ThreadBusy
+
 
 class Agent(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="agents")
@@ -54,6 +56,12 @@ class Thread(models.Model):
             except IntegrityError:
                 continue
         raise IntegrityError(f"could not append a message to thread {self.pk}")
+
+    def delete_if_idle(self):
+        """Delete the thread, unless a run is active on it (ThreadBusy): stop that first."""
+        if Run.objects.active_on(self).exists():
+            raise ThreadBusy("This thread has an active run; stop it first.")
+        self.delete()
 
 
 class Message(models.Model):
@@ -104,6 +112,28 @@ class RunQuerySet(models.QuerySet):
     def active(self):
         return self.filter(status__in=Run.ACTIVE)
 
+    def active_on(self, thread):
+        """The thread's active run: one at most (a partial unique index). `thread` may be an
+        OuterRef, for a subquery."""
+        return self.active().filter(thread=thread)
+
+    def leased_to(self, worker):
+        return self.filter(status=Run.Status.RUNNING, lease_owner=worker)
+
+    def lapsed(self, now):
+        """Running runs whose lease ran out before `now`: their worker stopped renewing it."""
+        return self.filter(status=Run.Status.RUNNING, lease_expires__lt=now)
+
+    def unclaimed_since(self, moment):
+        """Queued runs whose task has been waiting for a worker since before `moment`: made
+        before it, and not enqueued again after it."""
+        return self.filter(status=Run.Status.QUEUED, created__lt=moment).filter(
+            Q(requeued=None) | Q(requeued__lt=moment)
+        )
+
+    def ended_between(self, start, end):
+        return self.filter(status__in=Run.TERMINAL, finished__range=(start, end))
+
 
 class Run(models.Model):
     class Status(models.TextChoices):
@@ -142,6 +172,8 @@ class Run(models.Model):
     lease_owner = models.CharField(max_length=200, blank=True)
     lease_expires = models.DateTimeField(null=True, blank=True)
     stop_requested = models.DateTimeField(null=True, blank=True)
+    # when the reaper last sent a queued run's task again, its message being maybe lost
+    requeued = models.DateTimeField(null=True, blank=True)
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
     created = models.DateTimeField(auto_now_add=True)

@@ -2,26 +2,31 @@
 tools it asks for, save and announce every message, finish with one terminal status.
 
 A run spends its life waiting on the model, so it holds no database connection while it
-waits: every database step goes through `db()`, which closes the connection after it."""
+waits: every database step goes through `closing_connection()`, which closes the connection
+after it."""
 
 import contextlib
+import json
 import logging
 import time
 
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection
 from django.db.models import Q
+from django_eventstream.storage import EventDoesNotExist
 
-from . import llm, services, stream, tools
+from . import llm, stream, tools
+from .lifecycle import run_claim, run_finish
 from .models import Message, Run
 from .worker import worker
 
 log = logging.getLogger(__name__)
 
 
-def clean(text):
-    """Text from a model or a tool, storable: PostgreSQL refuses NUL characters."""
+def storable_text(text):
+    """Text from a model or a tool, with its NUL characters replaced: PostgreSQL refuses them."""
     return text.replace("\x00", "\ufffd") if text else text
 
 
@@ -34,7 +39,7 @@ class RunFailed(Exception):
 
 
 @contextlib.contextmanager
-def db():
+def closing_connection():
     try:
         yield
     finally:
@@ -42,8 +47,8 @@ def db():
 
 
 def execute(run_id):
-    with db():
-        run = services.run_claim(run_id=run_id, worker=worker.id)
+    with closing_connection():
+        run = run_claim(run_id=run_id, worker=worker.id)
     if run is None:
         return
     lease = worker.hold(run.pk, time.monotonic() + settings.RUN_TIME_LIMIT)
@@ -105,8 +110,8 @@ class RunLoop:
                 input_tokens=self.input_tokens,
                 output_tokens=self.output_tokens,
             )
-        with db():
-            services.run_finish(
+        with closing_connection():
+            run_finish(
                 run=self.run,
                 status=status,
                 error=error,
@@ -146,7 +151,7 @@ class RunLoop:
         """Stream one model turn into a new assistant message, announcing the text in coalesced
         deltas. The message is saved whatever happens, so a stopped or failed turn keeps what
         was written."""
-        with db():
+        with closing_connection():
             message = self.thread.append_message(role=Message.Role.ASSISTANT, run=self.run)
         text, calls, pending = [], [], []
         flushed = 0.0
@@ -154,6 +159,7 @@ class RunLoop:
         def flush():
             nonlocal flushed
             if pending and self.lease.held():
+                # the format logged_texts() reads back
                 stream.emit(self.run.pk, "message.delta", message=message.pk, text="".join(pending))
                 pending.clear()
             flushed = time.monotonic()
@@ -161,7 +167,7 @@ class RunLoop:
         try:
             for item in model.stream(history, schemas, self.stop):
                 if isinstance(item, llm.TextDelta):
-                    text.append(clean(item.text))
+                    text.append(storable_text(item.text))
                     pending.append(text[-1])
                     # at most one delta per window: the first token goes at once, a burst
                     # waits for the window to close
@@ -170,9 +176,9 @@ class RunLoop:
                 elif isinstance(item, llm.ToolCall):
                     calls.append(
                         {
-                            "id": clean(item.id),
-                            "name": clean(item.name),
-                            "arguments": clean(item.arguments),
+                            "id": storable_text(item.id),
+                            "name": storable_text(item.name),
+                            "arguments": storable_text(item.arguments),
                         }
                     )
                 elif isinstance(item, llm.Usage):
@@ -186,7 +192,7 @@ class RunLoop:
             message.tool_calls = [] if self.stop.is_set() else calls
             # a lost run's message is the reaper's: it saved what was announced, or dropped it
             if self.lease.held():
-                with db():
+                with closing_connection():
                     if message.content or message.tool_calls:
                         message.save(update_fields=["content", "tool_calls"])
                         stream.emit(self.run.pk, "message.done", message=message.as_event())
@@ -219,8 +225,8 @@ class RunLoop:
 
     def _call_tool(self, call, agent):
         result = self._run_tool(call["id"], call["name"], call["arguments"], agent.tools)
-        output, error = clean(result.output), clean(result.error)
-        with db():
+        output, error = storable_text(result.output), storable_text(result.error)
+        with closing_connection():
             message = self.thread.append_message(
                 role=Message.Role.TOOL,
                 run=self.run,
@@ -241,13 +247,31 @@ class RunLoop:
         return message
 
 
+def logged_texts(run_id):
+    """The text of each assistant message as the run's event log has it, by message id: its
+    message.delta events (as RunLoop writes them) joined. Empty when the log is gone or no
+    longer holds its start (Redis lost it, or the cap trimmed it)."""
+    try:
+        events = stream.StreamStorage().get_events(
+            f"run-{run_id}", 0, limit=settings.RUN_EVENTS_MAXLEN
+        )
+    except (EventDoesNotExist, redis.RedisError):
+        return {}
+    texts = {}
+    for event in events:
+        if event.type == "message.delta":
+            data = json.loads(event.data)
+            texts[data["message"]] = texts.get(data["message"], "") + data["text"]
+    return texts
+
+
 class AgentLoop(RunLoop):
     """An agent run: the thread's conversation, answered by the run's agent."""
 
     def body(self):
         if self.agent is None:
             raise RunFailed("the run's agent was deleted")
-        with db():
+        with closing_connection():
             history = history_messages(self.thread, self.agent)
         self.converse(self.agent, history)
 

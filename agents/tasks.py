@@ -1,7 +1,7 @@
 from celery import shared_task
 from django.conf import settings
 
-from . import runner, services
+from . import repair, runner
 
 
 # Time limits only apply under the prefork pool; the agent loop enforces RUN_TIME_LIMIT itself,
@@ -13,4 +13,4 @@ def execute_run_task(run_id):
 
 @shared_task
 def reap_runs_task():
-    return services.runs_reap()
+    return repair.runs_reap()

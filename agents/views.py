@@ -10,7 +10,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from . import services
+from .errors import ThreadBusy
 from .models import Message, Run
 from .parsers import object_id
 
@@ -19,7 +19,7 @@ CHATS_PER_PAGE = 50
 
 @login_required
 def chat_list(request):
-    active = Run.objects.active().filter(thread=OuterRef("pk")).values("status")[:1]
+    active = Run.objects.active_on(OuterRef("pk")).values("status")[:1]
     threads = request.user.threads.select_related("agent").annotate(active_status=Subquery(active))
     # get_page: a page number that is not one (abc, 99) shows the first or the last page
     page = Paginator(threads, CHATS_PER_PAGE).get_page(request.GET.get("page"))
@@ -73,8 +73,8 @@ def chat_rename(request, pk):
 def chat_delete(request, pk):
     thread = get_object_or_404(request.user.threads, pk=pk)
     try:
-        services.thread_delete(thread=thread)
-    except services.ServiceError as exc:
+        thread.delete_if_idle()
+    except ThreadBusy as exc:
         messages.error(request, exc.message)
         return redirect("chat", pk=pk)
     messages.success(request, f"Deleted “{thread}”.")

@@ -130,9 +130,7 @@ class Worker:
         began = time.monotonic()
         expires = timezone.now() + timedelta(seconds=settings.RUN_LEASE_SECONDS)
         try:
-            mine = Run.objects.filter(
-                pk__in=list(leases), status=Run.Status.RUNNING, lease_owner=self.id
-            )
+            mine = Run.objects.leased_to(self.id).filter(pk__in=list(leases))
             mine.update(lease_expires=expires)
             # After the UPDATE: a run it missed is not ours (the reaper takes only lapsed
             # leases, and these are renewed), or it has just ended by its own hand.

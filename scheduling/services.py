@@ -10,8 +10,10 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from agents import services as runs
+from agents.errors import ServiceError
+from agents.lifecycle import run_start, run_stop
 from agents.models import Run
+from workflows.services import workflow_start
 
 from . import cron
 from .models import Fire, Schedule
@@ -19,7 +21,7 @@ from .models import Fire, Schedule
 log = logging.getLogger(__name__)
 
 
-class TooManySchedules(runs.ServiceError):
+class TooManySchedules(ServiceError):
     status = 429
     code = "too_many_schedules"
 
@@ -85,10 +87,10 @@ def _start(schedule, slot):
     if previous and schedule.overlap == Schedule.Overlap.SKIP:
         return Fire.Outcome.SKIPPED, f"run {previous.pk} is still {previous.status}", None
     if previous and schedule.overlap == Schedule.Overlap.STOP_PREVIOUS:
-        runs.run_stop(run=previous)
+        run_stop(run=previous)
     try:
         return Fire.Outcome.STARTED, "", _start_run(schedule, slot)
-    except runs.ServiceError as exc:
+    except ServiceError as exc:
         details = "; ".join(f"{e['path']}: {e['message']}" for e in exc.extra.get("inputs", []))
         return Fire.Outcome.FAILED, f"{exc.message} {details}".strip(), None
 
@@ -98,7 +100,7 @@ def _start_run(schedule, slot):
     # with stop_previous, a fixed thread's active run is interrupted rather than refused
     if_busy = "interrupt" if schedule.overlap == Schedule.Overlap.STOP_PREVIOUS else "reject"
     if schedule.target == Schedule.Target.WORKFLOW:
-        return runs.workflow_start(
+        return workflow_start(
             user=schedule.owner,
             workflow=schedule.workflow,
             inputs=schedule.inputs,
@@ -107,7 +109,7 @@ def _start_run(schedule, slot):
             trigger=trigger,
         )
     local = slot.astimezone(ZoneInfo(schedule.timezone))
-    return runs.run_start(
+    return run_start(
         user=schedule.owner,
         thread=schedule.thread,  # none: a new one per fire, made only if the run starts
         title=f"{schedule.name} · {local:%Y-%m-%d %H:%M}",

@@ -13,7 +13,6 @@ KNOWN_UPWARD = {
         "agents/admin.py",  # the run admin's step inline
         "agents/api.py",  # a run's steps
         "agents/runner.py",  # WorkflowLoop for a workflow run
-        "agents/services.py",  # workflow_start checks the inputs
     },
 }
 

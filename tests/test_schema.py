@@ -16,11 +16,12 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from agents import http, stream
+from agents.lifecycle import run_start
 from agents.openapi import EVENTS
-from agents.services import run_start, workflow_start
 from config import urls
 from scheduling.models import Schedule
 from workflows.models import Workflow
+from workflows.services import workflow_start
 
 from conftest import bearer, start_live
 

@@ -6,12 +6,13 @@ from rest_framework import serializers, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from agents import openapi, services
+from agents import openapi
 from agents.api import OwnedPrimaryKeyField, OwnedViewSet, RunSerializer, RunViewSet
 from agents.models import Thread
 
 from .definition import validate
 from .models import StepRun, Workflow
+from .services import workflow_start
 
 
 class WorkflowSerializer(serializers.ModelSerializer):
@@ -94,5 +95,5 @@ class WorkflowViewSet(OwnedViewSet):
             return self.get_paginated_response(RunSerializer(page, many=True).data)
         data = WorkflowStartSerializer(data=request.data, context={"request": request})
         data.is_valid(raise_exception=True)
-        run = services.workflow_start(user=request.user, workflow=workflow, **data.validated_data)
+        run = workflow_start(user=request.user, workflow=workflow, **data.validated_data)
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from agents import stream
 from agents.models import Agent, Message
-from agents.runner import RunFailed, RunLoop, Stopped, db, history_messages
+from agents.runner import RunFailed, RunLoop, Stopped, closing_connection, history_messages
 
 from .definition import evaluate, guarded_steps, render, render_arguments
 from .models import StepRun
@@ -22,7 +22,7 @@ class WorkflowLoop(RunLoop):
     def body(self):
         steps = self.run.definition["steps"]
         context = {"inputs": self.run.inputs or {}, "steps": {}}
-        with db():
+        with closing_connection():
             reusable = reusable_outputs(self.run)
         skipped = set()
         for index, step in enumerate(steps):
@@ -41,7 +41,7 @@ class WorkflowLoop(RunLoop):
 
     def _step(self, step, index, context):
         started = timezone.now()
-        with db():
+        with closing_connection():
             StepRun.objects.update_or_create(
                 run=self.run,
                 step=step["id"],
@@ -68,7 +68,7 @@ class WorkflowLoop(RunLoop):
     def _record(self, step, index, status, output=None, error="", reused=False, started=None):
         if not self.lease.held():  # the run is someone else's now: write nothing
             return
-        with db():
+        with closing_connection():
             record, _ = StepRun.objects.update_or_create(
                 run=self.run,
                 step=step["id"],
@@ -96,7 +96,7 @@ class WorkflowLoop(RunLoop):
         return result.output
 
     def _agent_step(self, step, context):
-        with db():
+        with closing_connection():
             agent = self.agent
             if step.get("agent") is not None:
                 agent = Agent.objects.filter(owner=self.run.owner, pk=step["agent"]).first()

@@ -4,11 +4,12 @@ run with its steps live."""
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
 
-from agents import services
+from agents.errors import ServiceError
 from agents.models import Run
 from agents.parsers import UnstorableJSON, check_storable, loads
 
 from .models import StepRun
+from .services import workflow_start
 
 
 @login_required
@@ -27,10 +28,10 @@ def workflow_detail(request, pk):
             field["value"] = request.POST.get(field["name"], "")
         if not errors:
             try:
-                run = services.workflow_start(
+                run = workflow_start(
                     user=request.user, workflow=workflow, inputs=inputs, trigger=Run.Trigger.MANUAL
                 )
-            except services.ServiceError as exc:
+            except ServiceError as exc:
                 errors = exc.extra.get("inputs") or [{"path": "", "message": exc.message}]
             else:
                 return redirect("workflow-run", run_id=run.pk)

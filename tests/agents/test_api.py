@@ -5,7 +5,7 @@ import json
 import pytest
 from rest_framework.test import APIClient
 
-from agents import services, stream, tasks
+from agents import lifecycle, stream, tasks
 from agents.models import Agent, ApiKey, Run, Thread
 from workflows.models import Workflow
 
@@ -64,7 +64,7 @@ def test_it_refuses_a_bad_agent(alice_api, body, field, reason):
 
 
 def test_it_hides_other_users_objects(alice, alice_api, bob_api, thread):
-    run = services.run_start(user=alice, thread=thread, message="mine")
+    run = lifecycle.run_start(user=alice, thread=thread, message="mine")
     agent = alice.agents.get()
     for url in [
         f"/api/agents/{agent.pk}/",
@@ -111,8 +111,9 @@ def test_it_refuses_to_delete_a_thread_with_an_active_run(alice_api, thread):
     assert Thread.objects.filter(pk=thread.pk).exists()
 
 
-def test_it_starts_a_run(alice_api, thread):
-    r = start(alice_api, thread, message="What now?")
+def test_it_starts_a_run(alice_api, thread, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):  # the start's commit
+        r = start(alice_api, thread, message="What now?")
     assert r.status_code == 202
     assert r.data["status"] == "queued"
     assert r.data["events_url"] == f"/api/runs/{r.data['id']}/events/"
@@ -211,8 +212,11 @@ def test_it_caps_active_runs_per_user(alice, alice_api, settings):
     assert start(alice_api, threads[2]).status_code == 202
 
 
-def test_it_stops_a_queued_run_at_once_and_twice_harmlessly(alice_api, thread):
-    run_id = start(alice_api, thread).data["id"]
+def test_it_stops_a_queued_run_at_once_and_twice_harmlessly(
+    alice_api, thread, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):  # the start's commit
+        run_id = start(alice_api, thread).data["id"]
     for _ in range(2):
         r = alice_api.post(f"/api/runs/{run_id}/stop/")
         assert r.status_code == 202
@@ -254,6 +258,7 @@ def test_it_answers_404_for_malformed_ids(alice_api):
     assert alice_api.get("/api/threads/abc/").status_code == 404
 
 
+@pytest.mark.django_db(transaction=True)  # the enqueue happens at the start's commit
 def test_a_start_the_queue_refuses_answers_503_and_saves_nothing(
     alice, alice_api, thread, monkeypatch
 ):

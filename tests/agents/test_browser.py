@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from agents import services, stream
+from agents import lifecycle, stream
 from agents.models import Message, Run, Thread
 from workflows.models import Workflow
 
@@ -190,14 +190,14 @@ def test_it_shows_what_went_wrong_on_the_page(page, alice, settings):
     # too many runs: the 429 is on the page
     pace(alice, words=1000, delay_ms=50, model="demo")
     busy = [Thread.objects.create(owner=alice, agent=alice.agents.get()) for _ in range(10)]
-    runs = [services.run_start(user=alice, thread=t, message="busy") for t in busy]
+    runs = [lifecycle.run_start(user=alice, thread=t, message="busy") for t in busy]
     try:
         send(page, "One more")
         expect(page.locator("#notice")).to_contain_text("active runs, the most allowed")
         page.errors[:] = [e for e in page.errors if "429" not in e]  # the browser logs the 429
     finally:
         for run in runs:
-            services.run_stop(run=run)
+            lifecycle.run_stop(run=run)
         for run in runs:
             wait_for_status(run.pk, Run.TERMINAL)
 
@@ -263,13 +263,13 @@ def test_it_shows_a_busy_thread_on_the_page(page, alice):
     thread = open_chat(page, alice)
     # hold the page's check for runs started elsewhere, so it does not know of the next one
     page.route(f"**/api/threads/{thread.pk}/", lambda route: None)
-    run = services.run_start(user=alice, thread=thread, message="Started elsewhere")
+    run = lifecycle.run_start(user=alice, thread=thread, message="Started elsewhere")
     try:
         send(page, "Me too")
         expect(page.locator("#notice")).to_contain_text("Tick “Interrupt the current run”")
         page.errors[:] = [e for e in page.errors if "409" not in e]  # the browser logs the 409
     finally:
-        services.run_stop(run=run)
+        lifecycle.run_stop(run=run)
         wait_for_status(run.pk, Run.TERMINAL)
 
 

@@ -10,7 +10,7 @@ import pytest
 from django.db import connection
 from django.test import override_settings
 
-from agents import services, stream
+from agents import lifecycle, stream
 from agents.models import ApiKey, Run, Thread
 
 from conftest import new_thread, pace, start, wait_for, wait_for_status
@@ -191,7 +191,7 @@ def test_one_worker_holds_fifty_slow_runs_at_once(live, live_api, alice):
     agent = pace(alice, words=30, delay_ms=100)  # about 3 s each
     threads = [Thread.objects.create(owner=alice, agent=agent) for _ in range(50)]
     # started here, where the cap is raised, rather than through the web process
-    runs = [services.run_start(user=alice, thread=t, message="Go slowly").pk for t in threads]
+    runs = [lifecycle.run_start(user=alice, thread=t, message="Go slowly").pk for t in threads]
     running = Run.objects.filter(pk__in=runs, status=Run.Status.RUNNING)
     wait_for(lambda: running.count() == 50, timeout=20, message="50 runs running at once")
     if connection.vendor == "postgresql":

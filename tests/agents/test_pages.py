@@ -7,7 +7,7 @@ import re
 import pytest
 from django.test import Client
 
-from agents import services
+from agents import lifecycle
 from agents.markdown import render
 from agents.models import Message, Run, Thread
 
@@ -28,7 +28,7 @@ def test_it_sends_visitors_to_the_login_page(client):
 
 def test_it_lists_chats_with_a_badge_while_a_run_is_active(alice, alice_web, thread):
     idle = Thread.objects.create(owner=alice, agent=alice.agents.get(), title="Idle")
-    services.run_start(user=alice, thread=thread, message="Go")
+    lifecycle.run_start(user=alice, thread=thread, message="Go")
     page = alice_web.get("/chats/").content.decode()
     assert '<span class="badge queued">queued</span>' in page
     assert page.index("Plans") < page.index("Idle")  # the latest activity first
@@ -76,7 +76,7 @@ def test_it_creates_renames_and_deletes_a_chat(alice, alice_web):
 
 
 def test_it_keeps_a_chat_with_an_active_run_and_says_why(alice, alice_web, thread):
-    services.run_start(user=alice, thread=thread, message="Go")
+    lifecycle.run_start(user=alice, thread=thread, message="Go")
     r = alice_web.post(f"/chats/{thread.pk}/delete/", follow=True)
     assert "This thread has an active run; stop it first." in r.content.decode()
     assert Thread.objects.filter(pk=thread.pk).exists()
@@ -93,14 +93,14 @@ def test_it_hides_other_users_chats(bob, thread):
 
 
 def test_it_renders_saved_messages_tool_cards_and_usage(alice, alice_web, thread):
-    run = services.run_start(user=alice, thread=thread, message="calc <b>6*7</b>")
+    run = lifecycle.run_start(user=alice, thread=thread, message="calc <b>6*7</b>")
     call = {"id": "c1", "name": "calculator", "arguments": '{"expression": "6*7"}'}
     thread.append_message(role=Message.Role.ASSISTANT, run=run, tool_calls=[call])
     thread.append_message(
         role=Message.Role.TOOL, run=run, tool_call_id="c1", name="calculator", content="42"
     )
     thread.append_message(role=Message.Role.ASSISTANT, run=run, content="The answer is **42**.")
-    services.run_finish(run=run, status="completed", usage=(12, 5))
+    lifecycle.run_finish(run=run, status="completed", usage=(12, 5))
     page = alice_web.get(f"/chats/{thread.pk}/").content.decode()
     assert "calc &lt;b&gt;6*7&lt;/b&gt;" in page  # the user's text is text
     assert '<span class="tool-name">calculator</span>' in page
@@ -121,7 +121,7 @@ def test_it_sanitizes_reply_markdown_and_keeps_code_readable():
 
 
 def test_the_admin_shows_threads_runs_and_their_records(alice, admin_client, thread):
-    run = services.run_start(user=alice, thread=thread, message="Go")
+    run = lifecycle.run_start(user=alice, thread=thread, message="Go")
     for url in [
         f"/admin/agents/thread/{thread.pk}/change/",
         f"/admin/agents/run/{run.pk}/change/",

@@ -9,7 +9,7 @@ import pytest
 from django.test import override_settings
 from django_eventstream.storage import EventDoesNotExist
 
-from agents import services, stream
+from agents import lifecycle, stream
 from agents.models import Run
 
 from conftest import bearer, new_thread, start, start_live, wait_for
@@ -310,7 +310,7 @@ def test_one_users_big_runs_keep_at_most_the_bound_in_redis(live, alice, setting
     once they have ended (the live processes have the default settings, as this one)."""
     with override_settings(RUN_MAX_ACTIVE_PER_USER=30):
         runs = [
-            services.run_start(user=alice, thread=new_thread(alice, 100_000), message="Go").pk
+            lifecycle.run_start(user=alice, thread=new_thread(alice, 100_000), message="Go").pk
             for _ in range(30)
         ]
     ended = Run.objects.filter(pk__in=runs, status=Run.Status.COMPLETED)

@@ -7,9 +7,10 @@ import time
 
 import pytest
 
-from agents import runner, services, tools
+from agents import lifecycle, runner, tools
 from agents.models import Run
 from workflows.models import Workflow
+from workflows.services import workflow_start
 
 from conftest import logged, wait_for, wait_for_status
 
@@ -38,7 +39,7 @@ def stop_during_the_tool(run, thread):
     wait_for(lambda: any(e[1] == "tool.started" for e in logged(run)), timeout=10,
              message="the tool call")  # fmt: skip
     started = time.monotonic()
-    services.run_stop(run=Run.objects.get(pk=run.pk))
+    lifecycle.run_stop(run=Run.objects.get(pk=run.pk))
     wait_for_status(run.pk, Run.Status.STOPPED, timeout=5)
     elapsed = time.monotonic() - started
     thread.join(5)
@@ -50,7 +51,7 @@ def test_a_stop_during_a_tool_call_ends_the_run_at_once_and_drops_the_result(
     alice, thread, slow_calculator
 ):
     release, returned = slow_calculator
-    run = services.run_start(user=alice, thread=thread, message="Please calculate 6*7")
+    run = lifecycle.run_start(user=alice, thread=thread, message="Please calculate 6*7")
     worker = threading.Thread(target=runner.execute, args=(run.pk,))
     worker.start()
     assert stop_during_the_tool(run, worker) < 1
@@ -76,7 +77,7 @@ def test_a_stop_during_a_workflow_tool_step_ends_the_run_at_once(alice, slow_cal
                    "arguments": {"expression": "6*7"}}],
     }  # fmt: skip
     workflow = Workflow.objects.create(owner=alice, name="W", definition=definition)
-    run = services.workflow_start(user=alice, workflow=workflow, inputs={})
+    run = workflow_start(user=alice, workflow=workflow, inputs={})
     worker = threading.Thread(target=runner.execute, args=(run.pk,))
     worker.start()
     assert stop_during_the_tool(run, worker) < 1

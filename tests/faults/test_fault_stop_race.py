@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from agents import runner, services
+from agents import lifecycle, runner
 from agents.models import Run
 
 from conftest import at_scale, logged, new_thread
@@ -24,15 +24,15 @@ RACES = at_scale(40, 200)
 def test_a_stop_racing_completion_ends_each_run_exactly_once(alice):
     thread = new_thread(alice, words=3)
     started = time.monotonic()
-    runner.execute(services.run_start(user=alice, thread=thread, message="Quick").pk)
+    runner.execute(lifecycle.run_start(user=alice, thread=thread, message="Quick").pk)
     lasts = time.monotonic() - started  # how long a run takes here
     outcomes = Counter()
     for _ in range(RACES):
-        run = services.run_start(user=alice, thread=thread, message="Quick")
+        run = lifecycle.run_start(user=alice, thread=thread, message="Quick")
         worker = threading.Thread(target=runner.execute, args=(run.pk,))
         worker.start()
         time.sleep(random.uniform(0, lasts))  # before the claim, mid-reply or after the end
-        services.run_stop(run=Run.objects.get(pk=run.pk))
+        lifecycle.run_stop(run=Run.objects.get(pk=run.pk))
         worker.join(5)
         assert not worker.is_alive(), f"run {run.pk} still executing 5 s after its stop"
         run.refresh_from_db()

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from django.test import override_settings
 
-from agents import services, stream
+from agents import lifecycle, stream
 from agents.models import Message, Run
 
 from conftest import at_scale, logged, new_thread, wait_for
@@ -41,7 +41,7 @@ def test_every_run_ends_once_when_its_worker_is_killed(live, alice):
         for i in range(0, RUNS, PER_KILL):
             threads = [new_thread(alice, words=8, delay_ms=150) for _ in range(PER_KILL)]
             batch = [
-                services.run_start(user=alice, thread=t, message=PROMPTS[(i + n) % 2]).pk
+                lifecycle.run_start(user=alice, thread=t, message=PROMPTS[(i + n) % 2]).pk
                 for n, t in enumerate(threads)
             ]
             runs += batch

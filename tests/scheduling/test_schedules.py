@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import connection
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
-from agents import services
+from agents import lifecycle
 from agents.models import Run, Thread
 from config.celery import app as celery_app
 from scheduling.models import Fire, Schedule
@@ -409,11 +409,11 @@ def test_it_stops_the_previous_running_workflow_run_on_a_fixed_thread(alice):
         cron="* * * * *", timezone="UTC", overlap="stop_previous",
     )  # fmt: skip
     first = schedule_fire(schedule_id=schedule.pk, now=at(2026, 11, 25, 12, 0))
-    previous = services.run_claim(run_id=first.run.pk, worker="w:1")
+    previous = lifecycle.run_claim(run_id=first.run.pk, worker="w:1")
 
     def worker_honours_the_stop():  # as a worker does, within a second of the request
         wait_for(lambda: Run.objects.get(pk=previous.pk).stop_requested, timeout=5)
-        services.run_finish(run=previous, status=Run.Status.STOPPED)
+        lifecycle.run_finish(run=previous, status=Run.Status.STOPPED)
         connection.close()
 
     honour = threading.Thread(target=worker_honours_the_stop)

@@ -4,9 +4,10 @@ import copy
 
 import pytest
 
-from agents import runner, services
+from agents import lifecycle, runner
 from agents.models import Agent, Run
 from workflows.models import Workflow
+from workflows.services import workflow_start
 
 import fakellm
 from conftest import pace
@@ -21,13 +22,13 @@ def test_a_retry_keeps_skipping_what_a_reused_condition_skipped(alice, settings)
     definition = copy.deepcopy(THREE_STEPS)
     definition["steps"][3]["agent"] = broken.pk
     workflow = Workflow.objects.create(owner=alice, name="W", definition=definition)
-    failed = services.workflow_start(user=alice, workflow=workflow, inputs={"a": 1})
+    failed = workflow_start(user=alice, workflow=workflow, inputs={"a": 1})
     runner.execute(failed.pk)
     failed.refresh_from_db()
     assert failed.status == Run.Status.FAILED
     broken.model = "demo"
     broken.save()
-    retry = services.run_retry(run=failed)
+    retry = lifecycle.run_retry(run=failed)
     runner.execute(retry.pk)
     steps = {s.step: (s.status, s.reused) for s in retry.steps.all()}
     assert steps == {
@@ -45,7 +46,7 @@ def test_a_condition_that_cannot_be_decided_fails_the_run_naming_the_step(alice)
         "steps": [{"id": "check", "type": "condition", "when": {"gt": ["{{ inputs.x }}", 1]}}],
     }
     workflow = Workflow.objects.create(owner=alice, name="W", definition=definition)
-    run = services.workflow_start(user=alice, workflow=workflow, inputs={"x": "ten"})
+    run = workflow_start(user=alice, workflow=workflow, inputs={"x": "ten"})
     runner.execute(run.pk)
     run.refresh_from_db()
     assert run.status == Run.Status.FAILED
@@ -64,7 +65,7 @@ def test_a_step_whose_prompt_renders_past_the_message_limit_fails_naming_it(alic
         ]
     }
     workflow = Workflow.objects.create(owner=alice, name="W", definition=definition)
-    run = services.workflow_start(user=alice, workflow=workflow, inputs={})
+    run = workflow_start(user=alice, workflow=workflow, inputs={})
     runner.execute(run.pk)
     run.refresh_from_db()
     assert run.status == Run.Status.FAILED
@@ -87,7 +88,7 @@ def test_a_step_cut_off_at_the_time_limit_fails_with_the_run(alice, settings):
             "steps": [{"id": "ask", "type": "agent", "agent": agent.pk, "prompt": "Hi"}],
         }
         workflow = Workflow.objects.create(owner=alice, name="W", definition=definition)
-        run = services.workflow_start(user=alice, workflow=workflow, inputs={})
+        run = workflow_start(user=alice, workflow=workflow, inputs={})
         runner.execute(run.pk)
     run.refresh_from_db()
     over = "the run took longer than its time limit (1 s)"

@@ -1,0 +1,32 @@
+"""Errors a caller can act on. Each kind carries its HTTP status and code; agents/http.py turns
+them into responses in one place, and pages show their message."""
+
+
+class ServiceError(Exception):
+    status = 400
+    code = "invalid"
+
+    def __init__(self, message, **extra):
+        super().__init__(message)
+        self.message = message
+        self.extra = extra  # more fields of the answer, such as the `field` or the `run` at fault
+
+
+class ThreadBusy(ServiceError):
+    status = 409
+    code = "thread_busy"
+
+
+class ServiceConflict(ServiceError):
+    status = 409
+    code = "conflict"
+
+
+class TooManyRuns(ServiceError):
+    status = 429
+    code = "too_many_runs"
+
+
+class QueueUnavailable(ServiceError):
+    status = 503
+    code = "queue_unavailable"

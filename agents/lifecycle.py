@@ -1,0 +1,202 @@
+"""The run lifecycle: start, claim, stop, finish and retry.
+
+Every transition is a conditional UPDATE whose row count says whether this caller made it, so a
+run reaches one terminal status once, whoever races for it (a worker finishing, a stop request,
+the reaper). Row counts are how the engine does a thing once; the event log's "ended" key is the
+one other guard, for the reason given in run_finish."""
+
+import logging
+import time
+from datetime import timedelta
+
+import redis
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from . import stream
+from .errors import QueueUnavailable, ServiceConflict, ServiceError, ThreadBusy, TooManyRuns
+from .models import Run, Thread
+
+log = logging.getLogger(__name__)
+
+
+def run_start(
+    *,
+    user,
+    thread=None,
+    title="",
+    message="",
+    agent=None,
+    if_busy="reject",
+    trigger=Run.Trigger.API,
+    **workflow,
+):
+    """Save the user's message (if any) and a queued run, and enqueue it once that is committed.
+    A workflow run passes its `workflow`, `definition`, `inputs` (and `retry_of`).
+    `if_busy="interrupt"` stops the thread's active run first; otherwise a busy thread raises
+    ThreadBusy. With no `thread`, a new one (called `title`) is made in the same transaction, so
+    a refused start leaves none. A queue that refuses the run raises QueueUnavailable (from the
+    commit of the outermost transaction) and leaves nothing saved."""
+    agent = agent or (thread and thread.agent)
+    if agent is None and not workflow:
+        raise ServiceError("This thread has no agent; name one.", field="agent")
+    if thread and if_busy == "interrupt":
+        _interrupt(thread)
+    try:
+        with transaction.atomic():
+            # One start at a time per user, so two requests cannot both pass the cap.
+            get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+            made_thread = thread is None
+            if made_thread:
+                thread = Thread.objects.create(owner=user, agent=agent, title=title[:200])
+            active = Run.objects.active_on(thread).first()
+            if active:
+                raise ThreadBusy(
+                    f"Run {active.id} is still {active.status} on this thread.", run=str(active.id)
+                )
+            if Run.objects.active().filter(owner=user).count() >= settings.RUN_MAX_ACTIVE_PER_USER:
+                raise TooManyRuns(
+                    f"You have {settings.RUN_MAX_ACTIVE_PER_USER} active runs, the most allowed;"
+                    " wait for one to end or stop one."
+                )
+            run = Run.objects.create(
+                owner=user, thread=thread, agent=agent, trigger=trigger, **workflow
+            )
+            if message:
+                thread.append_message(role="user", content=message, run=run)
+            if not thread.title:
+                thread.title = (message.strip().splitlines() or [str(run.workflow)])[0][:80]
+            thread.save(update_fields=["title", "updated"])
+            # A worker must find the run it is sent, and a start rolled back sends nothing.
+            transaction.on_commit(lambda: _enqueue(run, made_thread=made_thread))
+    except IntegrityError:
+        # the partial unique index caught a start racing ours on the same thread
+        raise ThreadBusy("Another run started on this thread.") from None
+    return run
+
+
+def _interrupt(thread):
+    """Stop the thread's active run and wait until it has ended, so its partial reply lands in
+    the thread before the new message does."""
+    active = Run.objects.active_on(thread).first()
+    if not active:
+        return
+    run_stop(run=active)
+    deadline = time.monotonic() + settings.RUN_INTERRUPT_WAIT
+    while Run.objects.active().filter(pk=active.pk).exists():
+        if time.monotonic() > deadline:
+            raise ThreadBusy(
+                f"Run {active.id} did not stop within {settings.RUN_INTERRUPT_WAIT:g} s.",
+                run=str(active.id),
+            )
+        time.sleep(0.05)
+
+
+def _enqueue(run, *, made_thread):
+    """Announce the committed run and send its task. When the broker is down the start is
+    refused and saves nothing: the run's log gets its end, for a client already following it,
+    and what the start committed is deleted again."""
+    stream.emit(run.id, "run.status", status=run.status, error="")
+    try:
+        send_run_task(run.id)
+    except Exception as exc:
+        log.exception("run %s: could not enqueue", run.id)
+        if run_finish(run=run, status=Run.Status.FAILED, error=f"could not queue the run: {exc}"):
+            with transaction.atomic():
+                run.messages.all().delete()
+                run.delete()
+                if made_thread:
+                    run.thread.delete()
+        raise QueueUnavailable("The run queue is unavailable; try again shortly.") from exc
+
+
+def send_run_task(run_id):
+    """Send the task that executes the run. Call it on commit: the worker reads the run."""
+    # Imported here: the tasks module imports the runner, which imports this module.
+    from .tasks import execute_run_task
+
+    execute_run_task.delay(str(run_id))
+
+
+def run_claim(*, run_id, worker):
+    """Take a queued run for `worker`. Returns the run, or None when another worker has it, it
+    has ended, or a stop arrived before the claim (the run then ends stopped, unexecuted)."""
+    now = timezone.now()
+    claimed = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED, stop_requested=None).update(
+        status=Run.Status.RUNNING,
+        attempt=F("attempt") + 1,
+        lease_owner=worker,
+        lease_expires=now + timedelta(seconds=settings.RUN_LEASE_SECONDS),
+        started=now,
+    )
+    run = Run.objects.select_related("agent", "thread").filter(pk=run_id).first()
+    if run is None:
+        return None
+    if not claimed:
+        if run.status == Run.Status.QUEUED:  # stop requested but not yet applied
+            run_finish(run=run, status=Run.Status.STOPPED)
+        return None
+    stream.emit(run.id, "run.status", status=run.status, error="")
+    return run
+
+
+def run_stop(*, run):
+    """Ask a run to stop. A queued run ends stopped at once; a running one gets the durable
+    flag (column and Redis key) and a nudge, and its worker ends it within a second. Stopping
+    an ended run does nothing."""
+    now = timezone.now()
+    if run_finish(run=run, status=Run.Status.STOPPED, where=Q(status=Run.Status.QUEUED)):
+        return
+    # keeps the first request's time; the row count says whether the run is running
+    running = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(
+        stop_requested=Coalesce("stop_requested", Value(now))
+    )
+    if running:
+        try:
+            stream.request_stop(run.pk)
+        except redis.RedisError as exc:  # the worker finds the column at its next heartbeat
+            log.warning("run %s: could not raise the stop flag: %s", run.pk, exc)
+
+
+def run_finish(*, run, status, error="", where=None, usage=None):
+    """Move the run to its terminal `status` if it is still active and matches `where` (a
+    worker passes its attempt, so a reaped attempt cannot finish the run again), then announce
+    it. Returns whether this call ended the run."""
+    changes = {"status": status, "error": error[:2000], "finished": timezone.now()}
+    if status == Run.Status.STOPPED:
+        changes["stop_requested"] = run.stop_requested or timezone.now()
+    if usage:
+        changes["input_tokens"], changes["output_tokens"] = usage
+    if not Run.objects.active().filter(where or Q(), pk=run.pk).update(**changes):
+        return False
+    for field, value in changes.items():
+        setattr(run, field, value)
+    # The row count makes this the one call that ended the run, but the log keeps a guard of its
+    # own (the "ended" key its append script checks, in stream.py): the reaper also announces
+    # ends, of runs whose process died before this emit, and cannot tell a dead process from a
+    # slow one; and events still arriving after the end (a late tool result, a worker that lost
+    # its run) must not append. Only the append itself, one atomic Redis step, can decide both.
+    stream.emit(run.pk, "run.status", status=status, error=run.error)
+    stream.retain(run.pk)
+    return True
+
+
+def run_retry(*, run):
+    """Start a failed workflow run again: the new run reuses the outputs of the steps that
+    completed and continues from the one that failed."""
+    if run.definition is None or run.status != Run.Status.FAILED:
+        raise ServiceConflict("Only a failed workflow run can be retried.")
+    return run_start(
+        user=run.owner,
+        thread=run.thread,
+        agent=run.agent,
+        trigger=run.trigger,
+        workflow=run.workflow,
+        definition=run.definition,
+        inputs=run.inputs,
+        retry_of=run,
+    )

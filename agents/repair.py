@@ -1,0 +1,95 @@
+"""What the reaper (a beat task every RUN_REAPER_SECONDS) sets right after a process died at a
+bad moment: a running run whose worker was lost (its partial reply salvaged from the event log),
+a queued run whose task message was lost, an end that was never announced."""
+
+import logging
+from datetime import timedelta
+
+import redis
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from . import stream
+from .lifecycle import run_finish, send_run_task
+from .models import Message, Run
+from .runner import logged_texts
+
+log = logging.getLogger(__name__)
+
+
+def runs_reap():
+    """Fail the runs whose worker stopped renewing their lease, enqueue again the runs whose
+    task was lost, and announce the ends that went unannounced. Returns how many runs it failed."""
+    now = timezone.now()
+    _announce_ends(now)
+    _requeue_unclaimed(now)
+    reaped = 0
+    for run in Run.objects.lapsed(now):
+        # Take the lapsed lease first: reapers queued up while no worker was alive run at once,
+        # and only the one that took it may salvage the reply and end the run.
+        lease = now + timedelta(seconds=settings.RUN_LEASE_SECONDS)
+        stale = Run.objects.lapsed(now).filter(pk=run.pk, attempt=run.attempt)
+        if not stale.update(lease_owner="reaper", lease_expires=lease):
+            continue
+        _salvage_reply(run)
+        lost = Q(attempt=run.attempt)
+        if run_finish(run=run, status=Run.Status.FAILED, error="worker lost", where=lost):
+            log.warning("run %s: reaped, its worker %s was lost", run.pk, run.lease_owner)
+            reaped += 1
+    return reaped
+
+
+def _requeue_unclaimed(now):
+    """Enqueue again the runs that have waited RUN_REQUEUE_SECONDS unclaimed: their message may
+    be lost (Redis restarted without persistence, or a killed worker held it unacknowledged).
+    The claim is conditional, so a second message for a run is a no-op; marking the run
+    `requeued` with a conditional UPDATE (only the reaper whose row count is 1 sends) keeps it
+    to one more message per run and period, however many reapers run and however long the queue
+    merely is."""
+    waited = now - timedelta(seconds=settings.RUN_REQUEUE_SECONDS)
+    for run_id in Run.objects.unclaimed_since(waited).values_list("pk", flat=True)[:500]:
+        if not Run.objects.unclaimed_since(waited).filter(pk=run_id).update(requeued=now):
+            continue  # claimed, ended, or sent by another reaper meanwhile
+        log.warning("run %s: still unclaimed, enqueued again", run_id)
+        try:
+            transaction.on_commit(lambda run_id=run_id: send_run_task(run_id))
+        except Exception as exc:  # the broker is down: a pass one period later tries again
+            log.warning("run %s: could not enqueue it again: %s", run_id, exc)
+            return
+
+
+def _announce_ends(now):
+    """Emit the terminal event of the runs whose process ended them in the database and died
+    before saying so in their log (a client would wait for it forever). A live process says
+    so within milliseconds; a run is looked at for two minutes after that grace."""
+    grace = timedelta(seconds=5)
+    ended = Run.objects.ended_between(now - grace - timedelta(minutes=2), now - grace)
+    runs = {run.pk: run for run in ended.only("pk", "status", "error")}
+    try:
+        unannounced = stream.unannounced(list(runs))
+    except redis.RedisError as exc:
+        log.warning("cannot check that ended runs were announced: %s", exc)
+        return
+    for pk in unannounced:
+        log.warning("run %s: ended %s without its terminal event; emitting it", pk, runs[pk].status)
+        # should the process that ended it be slow rather than dead, the log keeps one of the two
+        stream.emit(pk, "run.status", status=runs[pk].status, error=runs[pk].error)
+        stream.retain(pk)
+
+
+def _salvage_reply(run):
+    """The reply a lost worker was writing exists only in the run's event log: save it into its
+    message and announce it, or drop the message when the log no longer holds its start."""
+    unfinished = run.messages.filter(role=Message.Role.ASSISTANT, content="", tool_calls=[])
+    if not unfinished:
+        return
+    texts = logged_texts(run.pk)
+    for message in unfinished:
+        if texts.get(message.pk):
+            message.content = texts[message.pk]
+            message.save(update_fields=["content"])
+            stream.emit(run.pk, "message.done", message=message.as_event())
+        else:
+            message.delete()
