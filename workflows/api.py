@@ -1,6 +1,5 @@
 """The workflows API: definitions (owner only) and their runs."""
 
-from django.db.models import F
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
 from rest_framework import serializers, status
@@ -78,8 +77,7 @@ class WorkflowViewSet(OwnedViewSet):
 
     def perform_update(self, serializer):
         # every change makes a new version; runs keep the definition they started with
-        workflow = serializer.save(version=F("version") + 1)
-        workflow.refresh_from_db(fields=["version"])
+        serializer.instance.save_new_version(**serializer.validated_data)
 
     @extend_schema(
         summary="The JSON Schema of a definition",
