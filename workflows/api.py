@@ -1,7 +1,12 @@
 """The workflows API: definitions (owner only) and their runs."""
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import serializers, status
 from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny
@@ -83,7 +88,8 @@ class WorkflowViewSet(OwnedViewSet):
         summary="The JSON Schema of a definition",
         description="For editors: what a definition may hold (docs/workflows.md). Saving one"
         " also checks what a schema cannot say, such as references to earlier steps.",
-        responses={200: OpenApiTypes.OBJECT},
+        responses={200: OpenApiResponse(OpenApiTypes.OBJECT, "A JSON Schema, draft 2020-12.")},
+        auth=[],  # no credentials, so no 401 or 429 either
     )
     # Public, like /api/schema/: an editor fetches it without credentials.
     @action(
