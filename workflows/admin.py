@@ -32,8 +32,9 @@ class WorkflowAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
-            obj.version += 1
-        super().save_model(request, obj, form, change)
+            obj.save_new_version()  # as the API saves a change
+        else:
+            super().save_model(request, obj, form, change)
 
 
 @admin.register(StepRun)

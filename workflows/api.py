@@ -1,16 +1,22 @@
 """The workflows API: definitions (owner only) and their runs."""
 
-from django.db.models import F
-from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import serializers, status
 from rest_framework.decorators import action
+from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
 from agents import openapi
 from agents.api import OwnedPrimaryKeyField, OwnedViewSet, RunSerializer, RunViewSet
 from agents.models import Thread
 
-from .definition import validate
+from .definition import SCHEMA, validate
 from .models import StepRun, Workflow
 from .services import workflow_start
 
@@ -77,8 +83,21 @@ class WorkflowViewSet(OwnedViewSet):
 
     def perform_update(self, serializer):
         # every change makes a new version; runs keep the definition they started with
-        workflow = serializer.save(version=F("version") + 1)
-        workflow.refresh_from_db(fields=["version"])
+        serializer.instance.save_new_version(**serializer.validated_data)
+
+    @extend_schema(
+        summary="The JSON Schema of a definition",
+        description="For editors: what a definition may hold (docs/workflows.md). Saving one"
+        " also checks what a schema cannot say, such as references to earlier steps.",
+        responses={200: OpenApiResponse(OpenApiTypes.OBJECT, "A JSON Schema, draft 2020-12.")},
+        auth=[],  # no credentials, so no 401 or 429 either
+    )
+    # Public, like /api/schema/: an editor fetches it without credentials.
+    @action(
+        detail=False, url_path="schema", permission_classes=[AllowAny], authentication_classes=[]
+    )
+    def definition_schema(self, request):  # not `schema`: DRF's views have that attribute
+        return Response(SCHEMA)
 
     @extend_schema(methods=["GET"], responses=RunSerializer(many=True))
     @extend_schema(

@@ -1,9 +1,10 @@
 """Workflow definitions: validation, input checks, template rendering and conditions.
 
 A definition is JSON a user writes once and runs many times (the format is in
-docs/workflows.md). Nothing in it can execute code: a template has exactly two forms,
-`{{ inputs.NAME }}` and `{{ steps.ID.output }}`, with no attributes, calls or filters to reach
-Python through, and a condition is a tree of JSON operators evaluated here.
+docs/workflows.md, its shape in definition.schema.json, served at /api/workflows/schema/).
+Nothing in it can execute code: a template has exactly two forms, `{{ inputs.NAME }}` and
+`{{ steps.ID.output }}`, with no attributes, calls or filters to reach Python through, and a
+condition is a tree of JSON operators evaluated here.
 """
 
 import copy
@@ -11,27 +12,21 @@ import json
 import math
 import operator
 import re
+from pathlib import Path
 
 from django.conf import settings
+from jsonschema import Draft202012Validator, validators
 
 from agents import tools
 
-INPUT_TYPES = ("string", "number", "boolean", "json")
-STEP_TYPES = ("agent", "tool", "condition")
+SCHEMA = json.loads(Path(__file__).with_name("definition.schema.json").read_text())
+INPUT_TYPES = tuple(SCHEMA["$defs"]["input"]["properties"]["type"]["enum"])
+STEP_TYPES = tuple(SCHEMA["$defs"]["step"]["properties"]["type"]["enum"])
 COMPARISONS = {"gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le}
 BINARY = ("equals", "contains", *COMPARISONS)
-OPERATORS = (*BINARY, "and", "or", "not")
 
-_TOP_KEYS = {"inputs", "steps"}
-_INPUT_KEYS = {"name", "type", "required", "default", "description"}
-_STEP_KEYS = {
-    "agent": {"id", "type", "prompt", "agent"},
-    "tool": {"id", "type", "tool", "arguments"},
-    "condition": {"id", "type", "when", "guards"},
-}
 MAX_DEPTH = 20  # of an expression: deeper is no condition a person writes, and recursion ends
 _WHY = "the most a message may have"
-_NOT_IDENTIFIER = "expected an identifier: letters, digits and _, not starting with a digit"
 _EXPECTED = {"string": "a string", "number": "a number", "boolean": "true or false"}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Anything that opens template syntax, closed or not; _REFERENCE then says whether it is one of
@@ -41,6 +36,11 @@ _REFERENCE = re.compile(
     r"\{\{\s*(?:inputs\.(?P<input>[A-Za-z_][A-Za-z0-9_]*)"
     r"|steps\.(?P<step>[A-Za-z_][A-Za-z0-9_]*)\.output)\s*\}\}"
 )
+# To JSON Schema, 3.0 is an integer; an agent id written so was refused before, and still is.
+_TYPES = Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool)
+)
+_VALIDATOR = validators.extend(Draft202012Validator, type_checker=_TYPES)(SCHEMA)
 
 
 class ConditionError(Exception):
@@ -67,128 +67,140 @@ def validate(definition, *, agent_ids=None):
     if size > limit:
         # Not looked into further: validating it would cost what the limit is there to prevent.
         return [_error("", f"the definition is {size} bytes, more than the limit of {limit}")]
-    if not isinstance(definition, dict):
-        return [_error("", "a definition is a JSON object with inputs and steps")]
-    return _Validator(agent_ids).definition(definition)
+    definition, too_deep = _cut(definition)
+    errors = _shape_errors(definition, too_deep)
+    if isinstance(definition, dict):
+        errors += _Checks(definition, agent_ids).errors
+    # In the order of the document; sorted() is stable: errors at one place keep theirs.
+    return [_error(_path(parts), message) for parts, message in sorted(errors, key=_position)]
 
 
-class _Validator:
-    def __init__(self, agent_ids):
+def _shape_errors(definition, too_deep):
+    """The schema's errors and those of `too_deep` ({path parts: message}), as [(path parts,
+    message)]: one per path, the first the schema gives."""
+    errors = dict(too_deep)
+    for error in _VALIDATOR.iter_errors(definition):
+        for parts, message in _messages(error):
+            errors.setdefault(parts, message)
+    # An error at a place hides the schema's errors inside it, as the hand-written check did: an
+    # expression with two operators is that error, not another for each operator's operands.
+    return [
+        (parts, message)
+        for parts, message in errors.items()
+        if not any(parts[:n] in errors for n in range(len(parts)))
+    ]
+
+
+def _messages(error):
+    path = tuple(error.absolute_path)
+    if error.validator == "required":
+        # At the missing key. jsonschema gives an error for each without saying which: all of
+        # them each time, and _shape_errors keeps one of each.
+        missing = [key for key in error.validator_value if key not in error.instance]
+        return [((*path, key), "this field is required") for key in missing]
+    if error.validator == "additionalProperties":  # one error for all the unknown keys
+        unknown = [key for key in error.instance if key not in error.schema["properties"]]
+        return [((*path, _Key(key)), f"unknown key {key!r}") for key in unknown]
+    if "errorMessage" in error.schema:
+        return [(path, error.schema["errorMessage"])]
+    if error.validator == "enum":
+        expected = "expected one of " + ", ".join(error.validator_value)
+        if list(error.relative_schema_path)[-2:-1] == ["propertyNames"]:  # a key, not a value
+            expected = f"unknown {error.schema['title']} {error.instance!r}: {expected}"
+        return [(path, expected)]
+    return [(path, error.message)]  # none in the schema today: each has its message
+
+
+# The order of errors: a list's items by position, an object's keys as the format lists them,
+# what is inside a place before the place itself. The keys it does not list (_Key, None here)
+# come first but for a step's id, as the hand-written check had them.
+_KEYS = ("id", None, "inputs", "steps", "name", "type", "required", "default", "description")
+_KEYS += ("prompt", "agent", "tool", "arguments", "when", "guards")
+
+
+class _Key(str):
+    """A key of the user's, not the format's: an unknown key, a tool argument's name."""
+
+
+def _position(error):
+    parts, _ = error
+    return [*map(_rank, parts), math.inf]  # a place after what is inside it
+
+
+def _rank(part):
+    if isinstance(part, int):
+        return part  # an index: compared with the other items' at the same place
+    return _KEYS.index(None if isinstance(part, _Key) or part not in _KEYS else part)
+
+
+class _Checks:
+    """What a schema cannot say: that names are unique and references name them, templates,
+    guards, tools and their argument names, agents of the user's, sizes. It runs beside the
+    schema, so that every error is reported at once, and looks only at what has the right shape
+    (the rest is the schema's to report)."""
+
+    def __init__(self, definition, agent_ids):
         self.agent_ids = agent_ids
         self.errors = []
         self.inputs = set()
         self.positions = {}  # step id -> index of its first occurrence
-        self.index = 0  # of the step being checked
+        for i, spec in enumerate(_items(definition.get("inputs"))):
+            if isinstance(spec, dict):
+                self.input(spec, ("inputs", i))
+        steps = _items(definition.get("steps"))
+        # Where every id is, first: a reference must be told unknown from later.
+        for i, step in enumerate(steps):
+            if isinstance(step, dict) and _is_identifier(step.get("id")):
+                self.positions.setdefault(step["id"], i)
+        for i, step in enumerate(steps):
+            self.index = i  # of the step being checked
+            if isinstance(step, dict):
+                self.step(step, ("steps", i))
 
     def add(self, path, message):
-        self.errors.append(_error(path, message))
-
-    def definition(self, definition):
-        self.unknown_keys(definition, _TOP_KEYS, "")
-        inputs = definition.get("inputs", [])
-        if isinstance(inputs, list):
-            for i, spec in enumerate(inputs):
-                self.input(spec, f"inputs[{i}]")
-        else:
-            self.add("inputs", "inputs must be a list")
-        steps = definition.get("steps")
-        if "steps" not in definition:
-            self.add("steps", "this field is required")
-        elif not isinstance(steps, list):
-            self.add("steps", "steps must be a list")
-        elif not steps:
-            self.add("steps", "a workflow needs at least one step")
-        else:
-            # Where every id is, first: a reference must be told unknown from later.
-            for i, step in enumerate(steps):
-                if isinstance(step, dict) and _is_identifier(step.get("id")):
-                    self.positions.setdefault(step["id"], i)
-            for i, step in enumerate(steps):
-                self.index = i
-                self.step(step, f"steps[{i}]")
-        return self.errors
+        self.errors.append((path, message))
 
     def input(self, spec, path):
-        if not isinstance(spec, dict):
-            self.add(path, "an input is an object with a name and a type")
-            return
-        self.unknown_keys(spec, _INPUT_KEYS, path)
         name, kind = spec.get("name"), spec.get("type")
-        if "name" not in spec:
-            self.add(f"{path}.name", "this field is required")
-        elif not _is_identifier(name):
-            self.add(f"{path}.name", _NOT_IDENTIFIER)
-        elif name in self.inputs:
-            self.add(f"{path}.name", f"duplicate input name {name!r}")
-        else:
+        if _is_identifier(name):
+            if name in self.inputs:
+                self.add((*path, "name"), f"duplicate input name {name!r}")
             self.inputs.add(name)
-        if "type" not in spec:
-            self.add(f"{path}.type", "this field is required")
-        elif kind not in INPUT_TYPES:
-            self.add(f"{path}.type", "expected one of " + ", ".join(INPUT_TYPES))
-        if not isinstance(spec.get("required", False), bool):
-            self.add(f"{path}.required", "expected true or false")
-        if "default" in spec:
-            if spec.get("required") is True:
-                self.add(f"{path}.default", "a required input cannot have a default")
-            elif kind in INPUT_TYPES and not _matches(kind, spec["default"]):
-                self.add(f"{path}.default", f"default must be {_EXPECTED[kind]}")
-            elif (size := _size(_text(spec["default"]))) > settings.RUN_MESSAGE_MAX_BYTES:
-                limit = settings.RUN_MESSAGE_MAX_BYTES
-                self.add(
-                    f"{path}.default",
-                    f"the default is {size} bytes, more than the limit of {limit}",
-                )
-        if not isinstance(spec.get("description", ""), str):
-            self.add(f"{path}.description", "expected a string")
+        if "default" not in spec or spec.get("required") is True or kind not in INPUT_TYPES:
+            return
+        default, limit = spec["default"], settings.RUN_MESSAGE_MAX_BYTES
+        if _matches(kind, default) and (size := _size(_text(default))) > limit:
+            self.add(
+                (*path, "default"), f"the default is {size} bytes, more than the limit of {limit}"
+            )
 
     def step(self, step, path):
-        if not isinstance(step, dict):
-            self.add(path, "a step is an object with an id and a type")
-            return
         step_id, kind = step.get("id"), step.get("type")
-        if "id" not in step:
-            self.add(f"{path}.id", "this field is required")
-        elif not _is_identifier(step_id):
-            self.add(f"{path}.id", _NOT_IDENTIFIER)
-        elif self.positions[step_id] != self.index:
-            self.add(f"{path}.id", f"duplicate step id {step_id!r}")
-        if "type" not in step:
-            self.add(f"{path}.type", "this field is required")
-            return
-        if kind not in STEP_TYPES:
-            self.add(f"{path}.type", "expected one of " + ", ".join(STEP_TYPES))
-            return
-        self.unknown_keys(step, _STEP_KEYS[kind], path)
-        getattr(self, f"{kind}_step")(step, path)
+        if _is_identifier(step_id) and self.positions[step_id] != self.index:
+            self.add((*path, "id"), f"duplicate step id {step_id!r}")
+        if kind in STEP_TYPES:
+            getattr(self, f"{kind}_step")(step, path)
 
     def agent_step(self, step, path):
-        prompt = step.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            self.add(f"{path}.prompt", "a prompt is required (a non-empty string)")
-        else:
-            self.template(prompt, f"{path}.prompt")
-        if "agent" in step:
-            agent = step["agent"]
-            if isinstance(agent, bool) or not isinstance(agent, int):
-                self.add(f"{path}.agent", "expected an agent id (an integer)")
-            elif self.agent_ids is not None and agent not in self.agent_ids:
-                self.add(f"{path}.agent", f"unknown agent {agent}")
+        if isinstance(prompt := step.get("prompt"), str):
+            self.template(prompt, (*path, "prompt"))
+        agent = step.get("agent")
+        if self.agent_ids is None or not _TYPES.is_type(agent, "integer"):
+            return
+        if agent not in self.agent_ids:
+            self.add((*path, "agent"), f"unknown agent {agent}")
 
     def tool_step(self, step, path):
         name = step.get("tool")
         tool = tools.get(name) if isinstance(name, str) else None
-        if "tool" not in step:
-            self.add(f"{path}.tool", "this field is required")
-        elif tool is None:
-            self.add(f"{path}.tool", f"unknown tool {name!r}")
+        if isinstance(name, str) and tool is None:
+            self.add((*path, "tool"), f"unknown tool {name!r}")
         arguments = step.get("arguments", {})
         if not isinstance(arguments, dict):
-            self.add(f"{path}.arguments", "arguments must be an object")
             return
         for key, value in arguments.items():
             if isinstance(value, str):
-                self.template(value, f"{path}.arguments.{key}")
+                self.template(value, (*path, "arguments", _Key(key)))
         if tool is None:
             return
         # Names only: a template renders to a string whatever type the schema asks for, so the
@@ -197,66 +209,43 @@ class _Validator:
         if properties is not None and not tool.parameters.get("additionalProperties"):
             for key in arguments:
                 if key not in properties:
-                    self.add(f"{path}.arguments.{key}", f"unknown argument {key!r} for {name!r}")
+                    where = (*path, "arguments", _Key(key))
+                    self.add(where, f"unknown argument {key!r} for {name!r}")
         for key in tool.parameters.get("required", []):
             if key not in arguments:
-                self.add(f"{path}.arguments", f"missing required argument {key!r} for {name!r}")
+                self.add((*path, "arguments"), f"missing required argument {key!r} for {name!r}")
 
     def condition_step(self, step, path):
-        if "when" not in step:
-            self.add(f"{path}.when", "this field is required")
-        else:
-            self.expression(step["when"], f"{path}.when")
-        guards = step.get("guards", [])
-        if not isinstance(guards, list):
-            self.add(f"{path}.guards", "guards must be a list of step ids")
-            return
-        for i, guard in enumerate(guards):
+        if "when" in step:
+            self.expression(step["when"], (*path, "when"))
+        for i, guard in enumerate(_items(step.get("guards"))):
             where = self.positions.get(guard) if isinstance(guard, str) else None
             if where is None:
-                self.add(f"{path}.guards[{i}]", f"unknown step {guard!r}")
+                self.add((*path, "guards", i), f"unknown step {guard!r}")
             elif where <= self.index:
-                self.add(f"{path}.guards[{i}]", f"{guard!r} is not a later step")
+                self.add((*path, "guards", i), f"{guard!r} is not a later step")
 
-    def expression(self, expression, path, depth=1):
-        if depth > MAX_DEPTH:
-            self.add(path, f"the expression is nested too deeply (at most {MAX_DEPTH} levels)")
-            return
+    def expression(self, expression, path):
+        # The operands of an expression of the right shape: the schema checks the shape.
         if not isinstance(expression, dict) or len(expression) != 1:
-            self.add(path, 'an expression is an object with one operator, like {"equals": [a, b]}')
             return
         ((name, operands),) = expression.items()
-        if name not in OPERATORS:
-            self.add(path, f"unknown operator {name!r}: expected one of {', '.join(OPERATORS)}")
-            return
-        path = f"{path}.{name}"
+        path = (*path, name)
         if name == "not":
-            if isinstance(operands, list):
-                self.add(path, "not takes one expression, not a list")
-            else:
-                self.expression(operands, path, depth + 1)
+            self.expression(operands, path)
         elif name in ("and", "or"):
-            if not isinstance(operands, list) or not operands:
-                self.add(path, f"{name} takes a list of one or more expressions")
-                return
+            for i, operand in enumerate(_items(operands)):
+                self.expression(operand, (*path, i))
+        elif name in BINARY and isinstance(operands, list) and len(operands) == 2:
             for i, operand in enumerate(operands):
-                self.expression(operand, f"{path}[{i}]", depth + 1)
-        elif not isinstance(operands, list) or len(operands) != 2:
-            self.add(path, f"{name} takes a list of two operands")
-        else:
-            for i, operand in enumerate(operands):
-                self.operand(name, operand, f"{path}[{i}]")
+                self.operand(name, operand, (*path, i))
 
     def operand(self, name, operand, path):
-        if isinstance(operand, dict):
-            # Most likely an expression where a value belongs; a literal object is never needed.
-            self.add(path, "an operand is a string, number, boolean, null or list, not an object")
-            return
         if isinstance(operand, str):
             self.template(operand, path)
             if any(kind != "text" for kind, _ in _parse(operand)):
                 return  # its value is known at run time only
-        if name in COMPARISONS:
+        if name in COMPARISONS and not isinstance(operand, dict):
             try:
                 _number(name, operand)
             except ConditionError as exc:
@@ -278,10 +267,39 @@ class _Validator:
                 elif where > self.index:
                     self.add(path, f"{reference} refers to a later step")
 
-    def unknown_keys(self, obj, allowed, path):
-        for key in obj:
-            if key not in allowed:
-                self.add(f"{path}.{key}" if path else key, f"unknown key {key!r}")
+
+def _cut(definition):
+    """The definition with each expression deeper than MAX_DEPTH replaced by one that holds, and
+    an error for each: a schema cannot count levels, and would recurse as deep as they go."""
+    errors = {}
+    if isinstance(definition, dict) and isinstance(definition.get("steps"), list):
+        steps = [
+            {**step, "when": _cut_expression(step["when"], ("steps", i, "when"), errors)}
+            if isinstance(step, dict) and "when" in step
+            else step
+            for i, step in enumerate(definition["steps"])
+        ]
+        definition = {**definition, "steps": steps}
+    return definition, errors
+
+
+def _cut_expression(expression, path, errors, depth=1):
+    if depth > MAX_DEPTH:
+        errors[path] = f"the expression is nested too deeply (at most {MAX_DEPTH} levels)"
+        return {"equals": [0, 0]}
+    if not isinstance(expression, dict):
+        return expression
+    cut = dict(expression)
+    # where the schema looks: into each operator of an object that has several, too
+    for name, operands in expression.items():
+        if name == "not" and not isinstance(operands, list):
+            cut[name] = _cut_expression(operands, (*path, name), errors, depth + 1)
+        elif name in ("and", "or") and isinstance(operands, list):
+            cut[name] = [
+                _cut_expression(operand, (*path, name, i), errors, depth + 1)
+                for i, operand in enumerate(operands)
+            ]
+    return cut
 
 
 # Inputs
@@ -507,6 +525,19 @@ def guarded_steps(definition, index):
 
 def _error(path, message):
     return {"path": path, "message": message}
+
+
+def _path(parts):
+    """("steps", 2, "prompt") as "steps[2].prompt"; () as "", the definition as a whole."""
+    path = ""
+    for part in parts:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else part
+    return path
+
+
+def _items(value):
+    # a list the schema may have refused, as far as a check that looks at its items goes
+    return value if isinstance(value, list) else []
 
 
 def _is_identifier(value):

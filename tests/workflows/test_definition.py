@@ -3,9 +3,13 @@
 import copy
 import tracemalloc
 
+import jsonschema
 import pytest
+from rest_framework.test import APIClient
 
 from workflows.definition import (
+    BINARY,
+    SCHEMA,
     ConditionError,
     TooLong,
     check_inputs,
@@ -76,6 +80,25 @@ def test_it_accepts_the_example():
 
 def test_it_accepts_a_minimal_definition_and_whitespace_in_braces():
     assert validate({"steps": [agent("s", "{{inputs.a}} {{   inputs.a\t}}")], "inputs": [A]}) == []
+
+
+# the schema
+
+
+def test_the_schema_is_a_json_schema_with_the_operators_conditions_evaluate():
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    expression = SCHEMA["$defs"]["expression"]
+    operators = [*BINARY, "and", "or", "not"]
+    assert expression["propertyNames"]["enum"] == list(expression["properties"]) == operators
+    assert jsonschema.Draft202012Validator(SCHEMA).is_valid(EXAMPLE)
+
+
+@pytest.mark.django_db
+def test_it_serves_the_schema_to_editors_without_login():
+    response = APIClient().get("/api/workflows/schema/")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == SCHEMA
 
 
 # validate: the shape
@@ -215,6 +238,18 @@ def test_it_rejects_bad_input_names_and_fields():
 # validate: steps
 
 
+def test_it_rejects_what_json_schema_alone_would_take():
+    # an id ending in a newline ($ matches before it in Python) and an agent id written 3.0
+    definition = with_steps(
+        {"id": "a\n", "type": "agent", "prompt": "hi"},
+        {"id": "b", "type": "agent", "prompt": "hi", "agent": 3.0},
+    )
+    assert errors(definition, agent_ids={3}) == [
+        ("steps[0].id", "expected an identifier: letters, digits and _, not starting with a digit"),
+        ("steps[1].agent", "expected an agent id (an integer)"),
+    ]
+
+
 def test_it_rejects_a_duplicate_step_id():
     assert errors(with_steps(agent("sum"), agent("sum"))) == [
         ("steps[1].id", "duplicate step id 'sum'")
@@ -246,7 +281,7 @@ def test_it_rejects_an_agent_step_without_a_prompt_or_with_a_bad_agent():
         {"id": "d", "type": "agent", "prompt": "hi", "agent": True},
     )
     assert errors(definition) == [
-        ("steps[0].prompt", "a prompt is required (a non-empty string)"),
+        ("steps[0].prompt", "this field is required"),  # as for every key the format requires
         ("steps[1].prompt", "a prompt is required (a non-empty string)"),
         ("steps[2].agent", "expected an agent id (an integer)"),
         ("steps[3].agent", "expected an agent id (an integer)"),
@@ -423,6 +458,32 @@ def test_it_rejects_an_expression_nested_too_deeply():
     [(path, message)] = errors(with_steps(condition("c", when)))
     assert path == "steps[0].when" + ".not" * 20
     assert message == "the expression is nested too deeply (at most 20 levels)"
+
+
+def test_it_reports_an_expression_with_two_operators_once():
+    # not once more for each operator's operands, nor for an expression nested too deep in one
+    deep = {"equals": [1, 1]}
+    for _ in range(25):
+        deep = {"not": deep}
+    when = {"and": [{"equals": [1], "gt": "x"}, {"or": [], "not": deep}]}
+    one = 'an expression is an object with one operator, like {"equals": [a, b]}'
+    assert errors(with_steps(condition("c", when))) == [
+        ("steps[0].when.and[0]", one),
+        ("steps[0].when.and[1]", one),
+    ]
+
+
+def test_it_reports_the_other_errors_beside_an_expression_nested_too_deeply():
+    when = {"equals": [1, 1]}
+    for _ in range(300):  # jsonschema alone would exhaust the stack at 200 levels
+        when = {"not": when}
+    definition = with_steps(condition("c", {"and": [when, when]}), agent("s", "{{ inputs.b }}"))
+    too_deep = "the expression is nested too deeply (at most 20 levels)"
+    assert errors(definition) == [
+        ("steps[0].when.and[0]" + ".not" * 19, too_deep),
+        ("steps[0].when.and[1]" + ".not" * 19, too_deep),
+        ("steps[1].prompt", "unknown input 'b'"),
+    ]
 
 
 def test_it_checks_operands():
