@@ -331,3 +331,13 @@ def test_the_admin_refuses_json_that_cannot_be_stored(alice, admin_client, confi
     assert r.status_code == 200  # the form again, with the reason
     assert reason in r.content.decode()
     assert Agent.objects.count() == agents
+
+
+def test_the_admin_refuses_a_workflow_definition_that_cannot_be_stored(alice, admin_client):
+    r = admin_client.post(
+        "/admin/workflows/workflow/add/",
+        {"owner": alice.pk, "name": "W", "description": "", "definition": '{"a": NaN}'},
+    )
+    assert r.status_code == 200
+    assert "Numbers must be finite" in r.content.decode()
+    assert not Workflow.objects.exists()

@@ -1,6 +1,8 @@
 from django import forms
 from django.contrib import admin
 
+from agents.forms import StorableJSONField
+
 from .definition import validate
 from .models import StepRun, Workflow
 
@@ -9,6 +11,7 @@ class WorkflowForm(forms.ModelForm):
     class Meta:
         model = Workflow
         fields = ["owner", "name", "description", "definition"]
+        field_classes = {"definition": StorableJSONField}
 
     def clean(self):
         cleaned = super().clean()
