@@ -119,8 +119,12 @@ class ResilientRedisListener:
                     _back_to_log()
                 self.subscribed = True
             elif message["type"] == "message":
-                fields = json.loads(message["data"])
-                channel, event_type, data, event_id = (fields[f] for f in MESSAGE_FIELDS)
+                try:
+                    fields = json.loads(message["data"])
+                    channel, event_type, data, event_id = (fields[f] for f in MESSAGE_FIELDS)
+                except (ValueError, TypeError, KeyError):  # one bad message must not end it
+                    log.warning("not an event on %s: %.200r", PUBSUB_CHANNEL, message["data"])
+                    continue
                 event = Event(channel, event_type, data, id=event_id)
                 views.get_listener_manager().add_to_queues(channel, event)
 

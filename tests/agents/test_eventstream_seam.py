@@ -73,6 +73,7 @@ def test_a_subscription_receives_what_the_append_script_publishes(manager, chann
         with eventstream.subscribe(channel, user_id=7) as live:
             await subscribed()
             gc.collect()  # the listener's task is not the garbage collector's
+            stream.client().publish(eventstream.PUBSUB_CHANNEL, "not an event")
             append(other)  # another channel's: not this subscription's
             appended = [append(channel), append(channel, "run.status", '{"status": "done"}')]
             received = await take_until(live, 2)
