@@ -5,4 +5,6 @@ class AgentsConfig(AppConfig):
     name = "agents"
 
     def ready(self):
-        from . import signals  # noqa: F401
+        from . import eventstream, signals  # noqa: F401
+
+        eventstream.install_resilient_listener()

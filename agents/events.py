@@ -1,10 +1,12 @@
 """The run event stream over SSE: /api/runs/<id>/events/.
 
-The events come from django-eventstream: its storage interface (our Redis Streams log), its
-Redis pub/sub listener for live delivery, its SSE encoding. The loop that feeds a connection is
+The events come from django-eventstream (through agents/eventstream.py, the one module that
+uses its internals): its storage interface (our Redis Streams log), its listener manager fed
+by Redis pub/sub for live delivery, its SSE encoding. The loop that feeds a connection is
 ours, because the library's resends events and lets ids go backwards when a reconnect meets
-live traffic. Here a connection writes event n only right after n-1: a live event that does not
-follow on sends the loop back to the log, and an id already written is dropped.
+live traffic. Here a connection writes event n only right after n-1: a live event that does
+not follow on sends the loop back to the log (`_from_log`, which GRIP mode reads too), and an
+id already written is dropped.
 
 The view is async and reads the database and the log through the shared executor, so an open
 stream holds no thread and no database connection while it waits (config/asgi.py keeps
@@ -23,13 +25,11 @@ from django.conf import settings
 from django.db import connection
 from django.http import HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET
-from django_eventstream.storage import EventDoesNotExist
-from django_eventstream.utils import sse_encode_event
-from django_eventstream.views import Listener, RedisListener, get_listener_manager
 from rest_framework.exceptions import APIException
 
-from . import grip, stream
+from . import eventstream, grip, stream
 from .auth import TokenAuthentication
+from .eventstream import EventDoesNotExist, sse_encode_event
 from .models import Run
 from .stream import StreamStorage, is_terminal
 
@@ -171,26 +171,34 @@ def _read(channel, last_id):
         return [], exc.current_id, newest is not None and is_terminal(newest)
 
 
+def _from_log(channel, last_id):
+    """The stream from the log after `last_id`, read by pages: (text, last id, whether the
+    stream ends with it) for each, the last one the first that is not full. A reset that
+    leaves nothing to read ends the stream: the client reloads from the database, which has
+    all of an ended run."""
+    while True:
+        events, reset_to, ended = _read(channel, last_id)
+        if reset_to is not None:
+            yield _reset(channel, reset_to), reset_to, ended or reset_to == 0
+            last_id = reset_to
+            continue
+        text, last_id, done = _encode(channel, last_id, events)
+        yield text, last_id, done
+        if len(events) < READ_LIMIT:
+            return
+
+
 def _held(request, channel, last_id, *, continued):
     """GRIP mode: the events the client lacks now, then Pushpin holds the connection and
     delivers the rest as they are published. Once the run's terminal event is in the body, the
     response is not held: the stream ends as in the direct mode."""
     body = [] if continued else [OPENING]  # a recovery's answer continues the stream
-    while True:
-        events, reset_to, ended = _read(channel, last_id)
-        if reset_to is not None:
-            body.append(_reset(channel, reset_to))
-            if ended or reset_to == 0:
-                return event_response("".join(body))
-            last_id = reset_to
-            continue
-        text, last_id, done = _encode(channel, last_id, events)
+    pages = _from_log(channel, last_id)
+    for text, last_id, end in pages:  # noqa: B007 (the last page's last_id is the stream's)
         body.append(text)
-        if done:
+        if end:
             return event_response("".join(body))
-        if len(events) < READ_LIMIT:
-            break
-    if not events:  # Pushpin may already have the terminal event, and missed the close
+    if not text:  # nothing new: Pushpin may already have the terminal event, and missed the close
         newest = StreamStorage().newest(channel)
         if newest is not None and is_terminal(newest) and last_id >= newest.id:
             return event_response("".join(body))
@@ -220,61 +228,40 @@ async def _gone(channel):
 
 
 async def _stream(channel, last_id, *, user_id, slot):
-    read = sync_to_async(_read, thread_sensitive=False)
+    next_page = sync_to_async(next, thread_sensitive=False)
     renew = sync_to_async(_renew, thread_sensitive=False)
     renew_at = time.monotonic() + settings.SSE_KEEPALIVE_SECONDS
-    listener = Listener()
-    listener.user_id = user_id
-    listener.channels = {channel}
-    listener.assign_loop()
-    manager = get_listener_manager()
-    # Listen before the first read, so nothing published in between is missed.
-    manager.add_listener(listener)
     try:
-        yield OPENING
-        from_log = True
-        while True:
-            if from_log:
-                events, reset_to, ended = await read(channel, last_id)
-                if reset_to is not None:
-                    yield _reset(channel, reset_to)
-                    # the client reloads from the database, which has all of an ended run
-                    if ended or reset_to == 0:
-                        return
-                    last_id = reset_to
-                    continue
-                body, last_id, done = _encode(channel, last_id, events)
+        # Listen before the first read, so nothing published in between is missed.
+        with eventstream.subscribe(channel, user_id) as live:
+            yield OPENING
+            from_log = True
+            while True:
+                if from_log:
+                    pages = _from_log(channel, last_id)
+                    while page := await next_page(pages, None):
+                        body, last_id, end = page
+                        if body:
+                            yield body
+                        if end:
+                            return
+                queued, from_log = live.take()  # from_log: events were missed, read them back
+                fresh = [e for e in queued if int(e.id) > last_id]
+                following = fresh[: _run_length(fresh, last_id)]
+                from_log = from_log or len(following) < len(fresh)
+                body, last_id, done = _encode(channel, last_id, following)
                 if body:
                     yield body
                 if done:
                     return
-                if len(events) == READ_LIMIT:
+                if from_log:
                     continue
-                from_log = False
-            with manager.lock:
-                queued = listener.channel_items.pop(channel, [])
-                from_log = listener.overflow  # the library dropped events: read them back
-                listener.overflow = False
-                listener.aevent.clear()
-            fresh = [e for e in queued if int(e.id) > last_id]
-            following = fresh[: _run_length(fresh, last_id)]
-            from_log = from_log or len(following) < len(fresh)
-            body, last_id, done = _encode(channel, last_id, following)
-            if body:
-                yield body
-            if done:
-                return
-            if from_log:
-                continue
-            if time.monotonic() >= renew_at:
-                await renew(user_id, slot)
-                renew_at = time.monotonic() + settings.SSE_KEEPALIVE_SECONDS
-            try:
-                await asyncio.wait_for(listener.aevent.wait(), settings.SSE_KEEPALIVE_SECONDS)
-            except TimeoutError:
-                yield ": keep-alive\n\n"
+                if time.monotonic() >= renew_at:
+                    await renew(user_id, slot)
+                    renew_at = time.monotonic() + settings.SSE_KEEPALIVE_SECONDS
+                if not await live.wait(settings.SSE_KEEPALIVE_SECONDS):
+                    yield ": keep-alive\n\n"
     finally:
-        manager.remove_listener(listener)
         # in a thread, not awaited: the stream may be ending by cancellation
         asyncio.get_running_loop().run_in_executor(None, _free, user_id, slot)
 
@@ -291,39 +278,6 @@ def _free(user_id, slot):
         stream.stream_slot_free(user_id, slot)
     except redis.RedisError as exc:
         log.warning("could not free an event stream's slot (it lapses): %s", exc)
-
-
-class ResilientRedisListener(RedisListener):
-    """django-eventstream's pub/sub listener ends with its connection (with redis-py 6, a Redis
-    restart ends it for good, and every open stream waits forever). This one subscribes again,
-    then sends every open stream back to the log for what was published in between."""
-
-    async def start(self):
-        reconnecting = False
-        while True:
-            try:
-                await self.pubsub.subscribe("events_channel")
-                if reconnecting:
-                    _back_to_log()
-                await self.listen()
-            except (redis.RedisError, OSError) as exc:
-                log.warning("the event listener lost Redis, reconnecting: %s", exc)
-            reconnecting = True
-            await asyncio.sleep(1)
-            self.pubsub = self.redis_client.pubsub()
-
-
-def _back_to_log():
-    manager = get_listener_manager()
-    with manager.lock:
-        listeners = set().union(*manager.listeners_by_channel.values())
-        for listener in listeners:
-            listener.overflow = True
-            listener.wake_threadsafe()
-
-
-if get_listener_manager().redis_listener:
-    get_listener_manager().redis_listener = ResilientRedisListener()
 
 
 def _run_length(events, last_id):

@@ -15,9 +15,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection
 from django.db.models import Q
-from django_eventstream.storage import EventDoesNotExist
 
 from . import llm, stream, tools
+from .eventstream import EventDoesNotExist
 from .lifecycle import run_claim, run_finish
 from .models import Message, Run
 from .worker import worker

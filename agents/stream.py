@@ -10,11 +10,9 @@ from functools import cache
 import redis
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
-from django_eventstream.event import Event
-from django_eventstream.storage import EventDoesNotExist, StorageBase
-from django_eventstream.utils import sse_encode_event
 
-from . import grip
+from . import eventstream, grip
+from .eventstream import Event, EventDoesNotExist, StorageBase, sse_encode_event
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +30,13 @@ STOP_CHANNEL = "relay:run-stop"
 # KEYS[2] also counts the bytes of the entries' type and data: once over ARGV[7] (or ARGV[1]
 # entries), the oldest entries go, never the newest, so the log holds at most the cap plus its
 # newest event, and a client whose id is older than the log gets stream-reset.
-# With ARGV[6] set it also publishes the event on django-eventstream's pub/sub channel, in the
-# message format its listener reads, saving the round trip of a separate PUBLISH. KEYS[3] marks
-# the run's end: a terminal event (ARGV[9]) appends only if it was not set yet, so a run ends
-# once in its log whoever announces it (the process that ended it, or the repair after that
-# process died), and nothing appends after it (a late tool result, a worker that lost its run).
+# With ARGV[6] set it also publishes the event on django-eventstream's pub/sub channel
+# (ARGV[10]), in the message format its listener reads (the field names for the channel, type,
+# data and id: ARGV[11..14], named in agents/eventstream.py), saving the round trip of a
+# separate PUBLISH. KEYS[3] marks the run's end: a terminal event (ARGV[9]) appends only if it
+# was not set yet, so a run ends once in its log whoever announces it (the process that ended
+# it, or the repair after that process died), and nothing appends after it (a late tool
+# result, a worker that lost its run).
 APPEND = """
 if ARGV[9] == '1' then
   if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[4]) then return 0 end
@@ -78,8 +78,10 @@ end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 if ARGV[6] == '1' then
-  redis.call('PUBLISH', 'events_channel', cjson.encode(
-    {channel = ARGV[5], event_type = ARGV[2], data = ARGV[3], pub_id = id}))
+  local message = {}
+  message[ARGV[11]], message[ARGV[12]], message[ARGV[13]], message[ARGV[14]] =
+    ARGV[5], ARGV[2], ARGV[3], id
+  redis.call('PUBLISH', ARGV[10], cjson.encode(message))
 end
 return id
 """
@@ -138,7 +140,8 @@ class StreamStorage(StorageBase):
         # Live logs outlive the longest run; retain() shortens that once the run ends.
         ttl = settings.RUN_TIME_LIMIT + settings.RUN_EVENTS_RETENTION
         args = [settings.RUN_EVENTS_MAXLEN, event_type, data, ttl, channel, int(publish),
-                settings.RUN_EVENTS_MAX_BYTES, int(first), int(once)]  # fmt: skip
+                settings.RUN_EVENTS_MAX_BYTES, int(first), int(once),
+                eventstream.PUBSUB_CHANNEL, *eventstream.MESSAGE_FIELDS]  # fmt: skip
         keys = [log_key(channel), meta_key(channel), ended_key(channel)]
         n = _append_script()(keys=keys, args=args)
         return Event(channel, event_type, data, id=int(n)) if int(n) else None

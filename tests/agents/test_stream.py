@@ -7,9 +7,9 @@ import uuid
 import httpx
 import pytest
 from django.test import override_settings
-from django_eventstream.storage import EventDoesNotExist
 
 from agents import lifecycle, stream
+from agents.eventstream import EventDoesNotExist
 from agents.models import Run
 
 from conftest import bearer, new_thread, start, start_live, wait_for
