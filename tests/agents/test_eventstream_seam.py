@@ -8,6 +8,7 @@ import gc
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django_eventstream import eventstream as library_eventstream
@@ -33,6 +34,13 @@ def manager(own_redis, settings, monkeypatch):
     monkeypatch.setattr(views, "listener_manager", views.ListenerManager())
     eventstream.install_resilient_listener()
     return views.get_listener_manager()
+
+
+def run(coroutine):
+    """asyncio.run in a thread of its own: the browser tests' Playwright keeps an event loop
+    running in this one for the session."""
+    with ThreadPoolExecutor(1) as executor:
+        return executor.submit(asyncio.run, coroutine).result(timeout=60)
 
 
 def append(channel, event_type="run.delta", data='{"text": "h\\u00e9/llo"}'):
@@ -80,7 +88,7 @@ def test_a_subscription_receives_what_the_append_script_publishes(manager, chann
             assert live.take() == ([], False)
             return appended, received
 
-    appended, received = asyncio.run(scenario())
+    appended, received = run(scenario())
     assert [(e.channel, e.type, e.data, int(e.id)) for e in received] == [
         (e.channel, e.type, e.data, e.id) for e in appended
     ]
@@ -117,7 +125,7 @@ def test_events_past_the_librarys_queue_are_dropped_and_said_so(manager, channel
                 await take_until(fast, 1)  # the listener has queued it for both
             return appended, slow.take(), slow.take()
 
-    appended, first, second = asyncio.run(scenario())
+    appended, first, second = run(scenario())
     queued, missed = first
     assert [int(e.id) for e in queued] == [e.id for e in appended[: views.MAX_PENDING]]
     assert missed
@@ -132,7 +140,7 @@ def test_a_subscription_wakes_when_an_event_comes_and_not_before(manager, channe
             append(channel)
             return idle, await live.wait(WAIT)
 
-    assert asyncio.run(scenario()) == (False, True)
+    assert run(scenario()) == (False, True)
 
 
 @pytest.mark.parametrize("loss", ["dropped", "restarted"])
@@ -157,7 +165,7 @@ def test_the_listener_subscribes_again_and_sends_streams_back_to_the_log(
             appended = append(channel)
             return back, appended, await take_until(live, 1)
 
-    back, appended, [received] = asyncio.run(scenario())
+    back, appended, [received] = run(scenario())
     assert back == ([], True)  # what was published meanwhile is in the log
     assert int(received.id) == appended.id
 
@@ -168,7 +176,7 @@ def test_a_subscription_leaves_the_manager_when_it_ends(manager, channel):
             assert channel in manager.listeners_by_channel
         assert channel not in manager.listeners_by_channel
 
-    asyncio.run(scenario())
+    run(scenario())
 
 
 def test_the_resilient_listener_is_installed_once_and_by_the_app(manager):
