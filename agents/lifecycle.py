@@ -181,7 +181,7 @@ def run_finish(*, run, status, error="", where=None, usage=None):
     # slow one; and events still arriving after the end (a late tool result, a worker that lost
     # its run) must not append. Only the append itself, one atomic Redis step, can decide both.
     stream.emit(run.pk, "run.status", status=status, error=run.error)
-    stream.retain(run.pk)
+    stream.retain(run.pk, run.owner_id)
     return True
 
 

@@ -66,7 +66,7 @@ def _announce_ends(now):
     so within milliseconds; a run is looked at for two minutes after that grace."""
     grace = timedelta(seconds=5)
     ended = Run.objects.ended_between(now - grace - timedelta(minutes=2), now - grace)
-    runs = {run.pk: run for run in ended.only("pk", "status", "error")}
+    runs = {run.pk: run for run in ended.only("pk", "owner_id", "status", "error")}
     try:
         unannounced = stream.unannounced(list(runs))
     except redis.RedisError as exc:
@@ -76,7 +76,7 @@ def _announce_ends(now):
         log.warning("run %s: ended %s without its terminal event; emitting it", pk, runs[pk].status)
         # should the process that ended it be slow rather than dead, the log keeps one of the two
         stream.emit(pk, "run.status", status=runs[pk].status, error=runs[pk].error)
-        stream.retain(pk)
+        stream.retain(pk, runs[pk].owner_id)
 
 
 def _salvage_reply(run):

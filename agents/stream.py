@@ -217,29 +217,27 @@ def retained_key(user_id):
     return f"relay:retained:{user_id}"
 
 
-def retain(run_id):
+def retain(run_id, owner_id):
     """Give a finished run's log its retention window, and drop the logs of its owner's older
     ended runs beyond the newest RUN_EVENTS_RETAINED_PER_USER: one user's retained logs hold at
     most that many times RUN_EVENTS_MAX_BYTES, however many runs they end in an hour. A client
     of a dropped log gets stream-reset and reloads the ended run from the database."""
-    from .models import Run
-
     channel = f"run-{run_id}"
-    owner = Run.objects.filter(pk=run_id).values_list("owner_id", flat=True).first()
+
     retention, kept = settings.RUN_EVENTS_RETENTION, settings.RUN_EVENTS_RETAINED_PER_USER
     try:
         with client().pipeline() as pipe:
             pipe.expire(log_key(channel), retention)
             pipe.expire(meta_key(channel), retention)
-            if owner is not None:
-                key, now = retained_key(owner), time.time()
+            if owner_id is not None:
+                key, now = retained_key(owner_id), time.time()
                 pipe.zadd(key, {channel: now})
                 pipe.zremrangebyscore(key, "-inf", now - retention)  # expired by themselves
                 pipe.zrange(key, 0, -kept - 1)
                 pipe.zremrangebyrank(key, 0, -kept - 1)
                 pipe.expire(key, retention)
             replies = pipe.execute()
-        dropped = replies[4] if owner is not None else []
+        dropped = replies[4] if owner_id is not None else []
         if dropped:
             client().delete(*[k for c in dropped for k in (log_key(c), meta_key(c))])
     except redis.RedisError as exc:

@@ -79,7 +79,7 @@ def test_it_keeps_a_finished_runs_log_for_the_retention_window(storage, settings
     stream.emit(run_id, "run.status", status="queued", error="")
     key = stream.log_key(f"run-{run_id}")
     assert stream.client().ttl(key) > settings.RUN_EVENTS_RETENTION
-    stream.retain(run_id)
+    stream.retain(run_id, None)
     assert 0 < stream.client().ttl(key) <= settings.RUN_EVENTS_RETENTION
 
 
@@ -170,7 +170,7 @@ def test_it_keeps_the_logs_of_one_users_newest_ended_runs_only(settings, alice, 
         run = Run.objects.create(owner=user, thread=thread, agent=thread.agent, status="completed")
         stream.emit(run.pk, "run.status", status="queued", error="")
         stream.emit(run.pk, "run.status", status="completed", error="")
-        stream.retain(run.pk)
+        stream.retain(run.pk, user.pk)
         return run
 
     bobs = ended_run(bob)
