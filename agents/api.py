@@ -1,34 +1,26 @@
-"""The JSON API: agents, threads, their messages, and runs (start, get, list, stop)."""
+"""The agents API: agents, and threads as conversations with one (their messages, their runs,
+and starting an agent run on one). Runs themselves are the runs app's API."""
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
 from django.db.models import OuterRef, Subquery
 from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from . import openapi, tools
-from .errors import ServiceConflict
-from .lifecycle import run_retry, run_start, run_stop
-from .models import Agent, Message, Run, Thread
-from .parsers import integer, object_id
+from runs import openapi
+from runs.api import (
+    MessageSerializer,
+    OwnedPrimaryKeyField,
+    OwnedViewSet,
+    RaceSafeWrites,
+    RunSerializer,
+)
+from runs.models import Run, Thread
 
-
-class OwnedPrimaryKeyField(serializers.PrimaryKeyRelatedField):
-    """A reference to one of the requesting user's objects; others' look like unknown ids."""
-
-    def get_queryset(self):
-        return super().get_queryset().filter(owner=self.context["request"].user)
-
-    def to_internal_value(self, data):
-        # checked before the query, which would take 1.5 as id 1
-        number = integer(data)
-        if number is None:
-            self.fail("incorrect_type", data_type=type(data).__name__)
-        if object_id(number) is None:
-            self.fail("does_not_exist", pk_value=data)
-        return super().to_internal_value(number)
+from . import tools
+from .models import Agent, ThreadAgent
+from .services import agent_start
 
 
 class DemoConfigSerializer(serializers.Serializer):
@@ -68,37 +60,20 @@ class AgentSerializer(serializers.ModelSerializer):
         return value
 
 
+def run_agent_field():
+    """A run's `agent` (runs' RunSerializer shows it: agents/apps.py)."""
+    return serializers.PrimaryKeyRelatedField(source="agent_link.agent", read_only=True)
+
+
 class ThreadSerializer(serializers.ModelSerializer):
-    agent = OwnedPrimaryKeyField(queryset=Agent.objects.all(), required=False, allow_null=True)
+    agent = OwnedPrimaryKeyField(
+        source="agent_link.agent", queryset=Agent.objects.all(), required=False, allow_null=True
+    )
     active_run = serializers.UUIDField(read_only=True, allow_null=True)
 
     class Meta:
         model = Thread
         fields = ["id", "title", "agent", "active_run", "created", "updated"]
-
-
-class MessageSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = Message
-        fields = [
-            "id", "run", "role", "content", "tool_calls", "tool_call_id", "name", "is_error",
-            "position", "created",
-        ]  # fmt: skip
-
-
-class RunSerializer(serializers.ModelSerializer):
-    events_url = serializers.SerializerMethodField()
-
-    class Meta:
-        model = Run
-        fields = [
-            "id", "thread", "agent", "workflow", "retry_of", "status", "trigger", "error",
-            "attempt", "stop_requested",
-            "input_tokens", "output_tokens", "created", "started", "finished", "events_url",
-        ]  # fmt: skip
-
-    def get_events_url(self, run) -> str:
-        return f"/api/runs/{run.pk}/events/"
 
 
 class RunStartSerializer(serializers.Serializer):
@@ -114,50 +89,6 @@ class RunStartSerializer(serializers.Serializer):
                 f" (it has {size})."
             )
         return value
-
-
-class RunFilterSerializer(serializers.Serializer):
-    status = serializers.ChoiceField(Run.Status.choices, required=False)
-    thread = serializers.IntegerField(required=False)
-
-
-class RaceSafeWrites:
-    """Creates and updates that race a delete answer as if they came one after the other, never
-    500. An update locks its row (a delete waits for it, or it finds the object gone: 404), and
-    a write whose referenced object is deleted meanwhile (the foreign key fails at commit) or
-    that loses a race for a unique name is a 409 the client can retry."""
-
-    def filter_queryset(self, queryset):
-        queryset = super().filter_queryset(queryset)
-        updating = self.action in ("update", "partial_update")
-        return queryset.select_for_update() if updating else queryset
-
-    def create(self, request, *args, **kwargs):
-        return self._race_safe(super().create, request, *args, **kwargs)
-
-    def update(self, request, *args, **kwargs):
-        return self._race_safe(super().update, request, *args, **kwargs)
-
-    def _race_safe(self, write, *args, **kwargs):
-        try:
-            with transaction.atomic():
-                return write(*args, **kwargs)
-        except IntegrityError:
-            raise ServiceConflict(
-                "Something this refers to changed or was deleted meanwhile; try again."
-            ) from None
-
-
-class OwnedViewSet(RaceSafeWrites, viewsets.ModelViewSet):
-    """The requesting user's objects (`user.<related_name>`); anyone else's are 404s."""
-
-    related_name = None
-
-    def get_queryset(self):
-        return getattr(self.request.user, self.related_name).all()
-
-    def perform_create(self, serializer):
-        serializer.save(owner=self.request.user)
 
 
 class AgentViewSet(OwnedViewSet):
@@ -183,16 +114,25 @@ class ThreadViewSet(
 
     def get_queryset(self):
         active = Run.objects.active_on(OuterRef("pk")).values("pk")[:1]
-        return self.request.user.threads.annotate(active_run=Subquery(active))
+        threads = self.request.user.threads.select_related("agent_link")
+        return threads.annotate(active_run=Subquery(active))
 
     def perform_create(self, serializer):
         user = self.request.user
-        if "agent" in serializer.validated_data:
-            serializer.save(owner=user)
-        else:
-            serializer.save(owner=user, agent=user.agents.first())
+        link = serializer.validated_data.pop("agent_link", None)
+        thread = serializer.save(owner=user)
+        agent = link["agent"] if link else user.agents.first()
+        thread.agent_link = ThreadAgent.objects.create(thread=thread, agent=agent)
         # the queryset's annotation is missing from a fresh instance: the answer would lack it
-        serializer.instance.active_run = None
+        thread.active_run = None
+
+    def perform_update(self, serializer):
+        link = serializer.validated_data.pop("agent_link", None)
+        thread = serializer.save()
+        if link is not None:
+            thread.agent_link, _ = ThreadAgent.objects.update_or_create(
+                thread=thread, defaults={"agent": link["agent"]}
+            )
 
     def perform_destroy(self, thread):
         thread.delete_if_idle()
@@ -219,55 +159,9 @@ class ThreadViewSet(
     def runs(self, request, pk=None):
         thread = self.get_object()
         if request.method == "GET":
-            page = self.paginate_queryset(thread.runs.all())
+            page = self.paginate_queryset(thread.runs.select_related(*RunSerializer.related()))
             return self.get_paginated_response(RunSerializer(page, many=True).data)
         data = RunStartSerializer(data=request.data, context={"request": request})
         data.is_valid(raise_exception=True)
-        run = run_start(user=request.user, thread=thread, **data.validated_data)
+        run = agent_start(user=request.user, thread=thread, **data.validated_data)
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
-
-
-@extend_schema_view(list=extend_schema(parameters=[RunFilterSerializer]))
-class RunViewSet(viewsets.ReadOnlyModelViewSet):
-    queryset = Run.objects.none()
-    serializer_class = RunSerializer
-
-    def get_queryset(self):
-        runs = self.request.user.runs.all()
-        if self.action == "list":
-            filters = RunFilterSerializer(data=self.request.query_params)
-            filters.is_valid(raise_exception=True)
-            runs = runs.filter(**filters.validated_data)
-        return runs
-
-    @extend_schema(request=None, responses={202: RunSerializer})
-    @action(detail=True, methods=["post"])
-    def stop(self, request, pk=None):
-        run = self.get_object()
-        run_stop(run=run)
-        run.refresh_from_db()
-        return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
-
-    @extend_schema(
-        request=None,
-        responses={
-            202: RunSerializer,
-            409: openapi.error(
-                "`conflict`: only a failed workflow run can be retried; `thread_busy`: its thread"
-                " has an active run."
-            ),
-            429: openapi.TOO_MANY_RUNS,
-            503: openapi.QUEUE_UNAVAILABLE,
-        },
-    )
-    @action(detail=True, methods=["post"])
-    def retry(self, request, pk=None):
-        run = run_retry(run=self.get_object())
-        return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
-
-    @action(detail=True, methods=["get"])
-    def steps(self, request, pk=None):
-        from workflows.api import StepRunSerializer
-
-        page = self.paginate_queryset(self.get_object().steps.all())
-        return self.get_paginated_response(StepRunSerializer(page, many=True).data)

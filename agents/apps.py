@@ -5,6 +5,11 @@ class AgentsConfig(AppConfig):
     name = "agents"
 
     def ready(self):
-        from . import eventstream, signals  # noqa: F401
+        from runs import kinds
+        from runs.api import RunSerializer
 
-        eventstream.install_resilient_listener()
+        from . import api, signals  # noqa: F401  (the demo agent of a new user)
+        from .services import AgentRuns
+
+        kinds.register(AgentRuns())
+        RunSerializer.extend("agent", api.run_agent_field, related="agent_link")

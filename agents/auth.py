@@ -14,9 +14,11 @@ from django import forms
 from django.conf import settings
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
-from . import stream
+from runs import stream
+
 from .models import ApiKey
 
 log = logging.getLogger(__name__)
@@ -143,3 +145,16 @@ class LoginForm(ThrottledLogin, AuthenticationForm):
 
 class AdminLoginForm(ThrottledLogin, AdminAuthenticationForm):
     pass
+
+
+class TokenScheme(OpenApiAuthenticationExtension):
+    target_class = "agents.auth.TokenAuthentication"
+    name = "tokenAuth"
+    priority = 1  # before drf-spectacular's own scheme for DRF's TokenAuthentication
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "`Authorization: Bearer <key>` (or `Token <key>`).",
+        }

@@ -6,8 +6,9 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.response import Response
 
-from . import openapi
-from .errors import ServiceError
+from runs import openapi
+from runs.errors import ServiceError
+
 from .models import ApiKey
 
 

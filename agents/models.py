@@ -1,15 +1,13 @@
 import hashlib
 import hmac
 import secrets
-import uuid
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, models, transaction
-from django.db.models import Max, Q
+from django.db import models, transaction
 from django.utils import timezone
 
-from .errors import ThreadBusy
+from runs.models import Thread
 
 
 class Agent(models.Model):
@@ -30,185 +28,47 @@ class Agent(models.Model):
         return self.name
 
 
-class Thread(models.Model):
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="threads")
-    agent = models.ForeignKey(Agent, models.SET_NULL, null=True, blank=True, related_name="threads")
-    title = models.CharField(max_length=200, blank=True)
-    created = models.DateTimeField(auto_now_add=True)
-    updated = models.DateTimeField(auto_now=True)
+class ThreadAgent(models.Model):
+    """The agent a thread talks to. Threads belong to the run engine, which knows no agents."""
 
-    class Meta:
-        ordering = ["-updated", "-id"]
-
-    def __str__(self):
-        return self.title or f"Thread {self.pk}"
-
-    def append_message(self, **fields):
-        """Add a message at the end of the thread.
-
-        Positions are unique per thread; two writers racing for the same position (a stopped
-        run saving its partial reply while a new run starts) retry with the next one."""
-        for _ in range(5):
-            position = (self.messages.aggregate(m=Max("position"))["m"] or 0) + 1
-            try:
-                with transaction.atomic():
-                    return Message.objects.create(thread=self, position=position, **fields)
-            except IntegrityError:
-                continue
-        raise IntegrityError(f"could not append a message to thread {self.pk}")
-
-    def delete_if_idle(self):
-        """Delete the thread, unless a run is active on it (ThreadBusy): stop that first."""
-        if Run.objects.active_on(self).exists():
-            raise ThreadBusy("This thread has an active run; stop it first.")
-        self.delete()
-
-
-class Message(models.Model):
-    class Role(models.TextChoices):
-        SYSTEM = "system"
-        USER = "user"
-        ASSISTANT = "assistant"
-        TOOL = "tool"
-
-    thread = models.ForeignKey(Thread, models.CASCADE, related_name="messages")
-    run = models.ForeignKey("Run", models.SET_NULL, null=True, blank=True, related_name="messages")
-    role = models.CharField(max_length=10, choices=Role.choices)
-    content = models.TextField(blank=True)
-    # assistant: [{"id", "name", "arguments"}]; tool: the call it answers and the tool's name
-    tool_calls = models.JSONField(default=list, blank=True)
-    tool_call_id = models.CharField(max_length=100, blank=True)
-    name = models.CharField(max_length=100, blank=True)
-    is_error = models.BooleanField(default=False, help_text="a tool result that is an error")
-    position = models.PositiveIntegerField()
-    created = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["thread", "position"]
-        constraints = [
-            models.UniqueConstraint(fields=["thread", "position"], name="message_position_unique")
-        ]
-
-    def __str__(self):
-        return f"{self.role}: {self.content[:60]}"
-
-    def as_event(self):
-        from .markdown import render
-
-        return {
-            "html": render(self.content) if self.role == self.Role.ASSISTANT else "",
-            "id": self.id,
-            "role": self.role,
-            "content": self.content,
-            "tool_calls": self.tool_calls,
-            "tool_call_id": self.tool_call_id,
-            "name": self.name,
-            "is_error": self.is_error,
-            "created": self.created.isoformat(),
-        }
-
-
-class RunQuerySet(models.QuerySet):
-    def active(self):
-        return self.filter(status__in=Run.ACTIVE)
-
-    def active_on(self, thread):
-        """The thread's active run: one at most (a partial unique index). `thread` may be an
-        OuterRef, for a subquery."""
-        return self.active().filter(thread=thread)
-
-    def leased_to(self, worker):
-        return self.filter(status=Run.Status.RUNNING, lease_owner=worker)
-
-    def lapsed(self, now):
-        """Running runs whose lease ran out before `now`: their worker stopped renewing it."""
-        return self.filter(status=Run.Status.RUNNING, lease_expires__lt=now)
-
-    def unclaimed_since(self, moment):
-        """Queued runs whose task has been waiting for a worker since before `moment`: made
-        before it, and not enqueued again after it."""
-        return self.filter(status=Run.Status.QUEUED, created__lt=moment).filter(
-            Q(requeued=None) | Q(requeued__lt=moment)
-        )
-
-    def ended_between(self, start, end):
-        return self.filter(status__in=Run.TERMINAL, finished__range=(start, end))
-
-
-class Run(models.Model):
-    class Status(models.TextChoices):
-        QUEUED = "queued"
-        RUNNING = "running"
-        COMPLETED = "completed"
-        FAILED = "failed"
-        STOPPED = "stopped"
-
-    class Trigger(models.TextChoices):
-        MANUAL = "manual"
-        API = "api"
-        SCHEDULE = "schedule"
-        WORKFLOW = "workflow"
-
-    ACTIVE = (Status.QUEUED, Status.RUNNING)
-    TERMINAL = (Status.COMPLETED, Status.FAILED, Status.STOPPED)
-
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="runs")
-    thread = models.ForeignKey(Thread, models.CASCADE, related_name="runs")
-    agent = models.ForeignKey(Agent, models.SET_NULL, null=True, blank=True, related_name="runs")
-    workflow = models.ForeignKey(
-        "workflows.Workflow", models.SET_NULL, null=True, blank=True, related_name="runs"
+    thread = models.OneToOneField(
+        "runs.Thread", models.CASCADE, primary_key=True, related_name="agent_link"
     )
-    # a workflow run's definition and inputs as they were when it started
-    definition = models.JSONField(null=True, blank=True)
-    inputs = models.JSONField(null=True, blank=True)
-    retry_of = models.ForeignKey(
-        "self", models.SET_NULL, null=True, blank=True, related_name="retries"
+    agent = models.ForeignKey(
+        Agent, models.SET_NULL, null=True, blank=True, related_name="thread_links"
     )
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
-    trigger = models.CharField(max_length=10, choices=Trigger.choices, default=Trigger.API)
-    error = models.TextField(blank=True)
-    attempt = models.PositiveIntegerField(default=0)
-    lease_owner = models.CharField(max_length=200, blank=True)
-    lease_expires = models.DateTimeField(null=True, blank=True)
-    stop_requested = models.DateTimeField(null=True, blank=True)
-    # when the reaper last sent a queued run's task again, its message being maybe lost
-    requeued = models.DateTimeField(null=True, blank=True)
-    input_tokens = models.PositiveIntegerField(default=0)
-    output_tokens = models.PositiveIntegerField(default=0)
-    created = models.DateTimeField(auto_now_add=True)
-    started = models.DateTimeField(null=True, blank=True)
-    finished = models.DateTimeField(null=True, blank=True, db_index=True)
-
-    objects = RunQuerySet.as_manager()
-
-    class Meta:
-        ordering = ["-created"]
-        indexes = [
-            # the reaper's scan: running runs by lease expiry
-            models.Index(fields=["status", "lease_expires"], name="run_status_lease"),
-            models.Index(fields=["owner", "status"], name="run_owner_status"),
-        ]
-        constraints = [
-            # At most one active run per thread, held by the database rather than by a
-            # check-then-insert that two requests could both pass.
-            models.UniqueConstraint(
-                fields=["thread"],
-                condition=Q(status__in=["queued", "running"]),
-                name="run_one_active_per_thread",
-            )
-        ]
 
     def __str__(self):
-        return f"Run {self.id} ({self.status})"
+        return f"{self.thread}: {self.agent}"
 
-    @property
-    def channel(self):
-        return f"run-{self.id}"
 
-    @property
-    def is_active(self):
-        return self.status in self.ACTIVE
+class RunAgent(models.Model):
+    """The agent a run used: the one that answered an agent run; for a workflow run, the one
+    its agent steps use unless they name another."""
+
+    run = models.OneToOneField(
+        "runs.Run", models.CASCADE, primary_key=True, related_name="agent_link"
+    )
+    agent = models.ForeignKey(
+        Agent, models.SET_NULL, null=True, blank=True, related_name="run_links"
+    )
+
+    def __str__(self):
+        return f"{self.run}: {self.agent}"
+
+
+def create_thread(*, owner, agent, **fields):
+    """A new thread of `owner`'s that talks to `agent`."""
+    with transaction.atomic():
+        thread = Thread.objects.create(owner=owner, **fields)
+        thread.agent_link = ThreadAgent.objects.create(thread=thread, agent=agent)
+    return thread
+
+
+def agent_of(thread_or_run):
+    """The agent a thread or a run is linked to, or None: never linked, or the agent deleted."""
+    link = getattr(thread_or_run, "agent_link", None)  # a missing link is an AttributeError
+    return link and link.agent
 
 
 class ApiKey(models.Model):

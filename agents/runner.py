@@ -1,123 +1,30 @@
-"""The agent loop, as a worker executes it: claim the run, stream the model's turns, call the
-tools it asks for, save and announce every message, finish with one terminal status.
+"""The agent loop, as a worker executes an agent run: stream the model's turns, call the tools
+it asks for, save and announce every message. The engine (runs.loop) claims the run, holds its
+lease and gives it its one terminal status."""
 
-A run spends its life waiting on the model, so it holds no database connection while it
-waits: every database step goes through `closing_connection()`, which closes the connection
-after it."""
-
-import contextlib
-import json
-import logging
 import time
 
-import redis
-from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import connection
-from django.db.models import Q
 
-from . import llm, stream, tools
-from .eventstream import EventDoesNotExist
-from .lifecycle import run_claim, run_finish
-from .models import Message, Run
-from .worker import worker
+from runs import stream
+from runs.loop import RunFailed, RunLoop, Stopped, closing_connection, storable_text
+from runs.models import Message
 
-log = logging.getLogger(__name__)
+from . import llm, tools
+from .models import agent_of
 
 
-def storable_text(text):
-    """Text from a model or a tool, with its NUL characters replaced: PostgreSQL refuses them."""
-    return text.replace("\x00", "\ufffd") if text else text
-
-
-class Stopped(Exception):
-    pass
-
-
-class RunFailed(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def closing_connection():
-    try:
-        yield
-    finally:
-        connection.close()
-
-
-def execute(run_id):
-    with closing_connection():
-        run = run_claim(run_id=run_id, worker=worker.id)
-    if run is None:
-        return
-    lease = worker.hold(run.pk, time.monotonic() + settings.RUN_TIME_LIMIT)
-    try:
-        if run.definition is not None:
-            from workflows.runner import WorkflowLoop
-
-            WorkflowLoop(run, lease).execute()
-        else:
-            AgentLoop(run, lease).execute()
-    finally:
-        lease.release()
-
-
-class RunLoop:
-    """What every run does around its body: the time limit, stop, usage, and one terminal
-    status. Subclasses write `body()`; `converse()` is the agent conversation they share.
-
-    The worker holds the run's `lease`: it sets `stop` at the deadline (so a model that says
-    nothing is cut off too), and when the run turns out not to be ours any more, after which
-    the loop writes nothing (`lease.held()`)."""
-
-    def __init__(self, run, lease):
-        self.run = run
-        self.thread = run.thread
-        self.agent = run.agent
-        self.lease = lease
-        self.stop = lease.stop
-        self.deadline = lease.deadline
-        self.input_tokens = 0
-        self.output_tokens = 0
+class AgentLoop(RunLoop):
+    """An agent run: the thread's conversation, answered by the run's agent. `converse()` is
+    the conversation, which workflow runs' agent steps hold too."""
 
     def body(self):
-        raise NotImplementedError
-
-    def execute(self):
-        status, error = Run.Status.COMPLETED, ""
-        try:
-            self.body()
-        except Stopped:
-            if self.lease.expired:  # the worker cut the run off at its deadline
-                status, error = Run.Status.FAILED, self._over_time()
-            else:
-                status = Run.Status.STOPPED
-        except (RunFailed, llm.ModelError) as exc:
-            status, error = Run.Status.FAILED, str(exc)
-        except SoftTimeLimitExceeded:  # Celery's limit, under the prefork pool
-            status, error = Run.Status.FAILED, self._over_time()
-        except Exception as exc:
-            log.exception("run %s failed", self.run.pk)
-            status, error = Run.Status.FAILED, f"internal error: {type(exc).__name__}: {exc}"
-        if not self.lease.held():
-            log.warning("run %s: lost its lease; whoever took it ends it", self.run.pk)
-            return
-        if self.input_tokens or self.output_tokens:
-            stream.emit(
-                self.run.pk,
-                "usage",
-                input_tokens=self.input_tokens,
-                output_tokens=self.output_tokens,
-            )
         with closing_connection():
-            run_finish(
-                run=self.run,
-                status=status,
-                error=error,
-                where=Q(attempt=self.run.attempt),
-                usage=(self.input_tokens, self.output_tokens),
-            )
+            agent = agent_of(self.run)
+            if agent is None:
+                raise RunFailed("the run's agent was deleted")
+            history = history_messages(self.thread, agent)
+        self.converse(agent, history)
 
     def converse(self, agent, history):
         """Model turns, with the tool calls they ask for, until the model answers without
@@ -138,15 +45,6 @@ class RunLoop:
             f"the agent used all {settings.RUN_MAX_TURNS} model turns without finishing"
         )
 
-    def _check(self):
-        if self.stop.is_set():
-            raise Stopped
-        if time.monotonic() > self.deadline:
-            raise RunFailed(self._over_time())
-
-    def _over_time(self):
-        return f"the run took longer than its time limit ({settings.RUN_TIME_LIMIT} s)"
-
     def _model_turn(self, model, history, schemas):
         """Stream one model turn into a new assistant message, announcing the text in coalesced
         deltas. The message is saved whatever happens, so a stopped or failed turn keeps what
@@ -159,8 +57,7 @@ class RunLoop:
         def flush():
             nonlocal flushed
             if pending and self.lease.held():
-                # the format logged_texts() reads back
-                stream.emit(self.run.pk, "message.delta", message=message.pk, text="".join(pending))
+                stream.emit_delta(self.run.pk, message.pk, "".join(pending))
                 pending.clear()
             flushed = time.monotonic()
 
@@ -245,35 +142,6 @@ class RunLoop:
         )
         stream.emit(self.run.pk, "message.done", message=message.as_event())
         return message
-
-
-def logged_texts(run_id):
-    """The text of each assistant message as the run's event log has it, by message id: its
-    message.delta events (as RunLoop writes them) joined. Empty when the log is gone or no
-    longer holds its start (Redis lost it, or the cap trimmed it)."""
-    try:
-        events = stream.StreamStorage().get_events(
-            f"run-{run_id}", 0, limit=settings.RUN_EVENTS_MAXLEN
-        )
-    except (EventDoesNotExist, redis.RedisError):
-        return {}
-    texts = {}
-    for event in events:
-        if event.type == "message.delta":
-            data = json.loads(event.data)
-            texts[data["message"]] = texts.get(data["message"], "") + data["text"]
-    return texts
-
-
-class AgentLoop(RunLoop):
-    """An agent run: the thread's conversation, answered by the run's agent."""
-
-    def body(self):
-        if self.agent is None:
-            raise RunFailed("the run's agent was deleted")
-        with closing_connection():
-            history = history_messages(self.thread, self.agent)
-        self.converse(self.agent, history)
 
 
 def history_messages(thread, agent):

@@ -1,15 +1,14 @@
-"""The agents app's pages (chats) and API (agents, threads, runs and their event streams, API
-keys). config/urls.py mounts `urlpatterns` at the root and `api_urlpatterns` under /api/."""
+"""The agents app's pages (chats) and API (agents, threads and their agent runs, API keys).
+config/urls.py mounts `urlpatterns` at the root and `api_urlpatterns` under /api/."""
 
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from . import api, events, keys, views
+from . import api, keys, views
 
 router = SimpleRouter()
 router.register("agents", api.AgentViewSet, basename="agent")
 router.register("threads", api.ThreadViewSet, basename="thread")
-router.register("runs", api.RunViewSet, basename="run")
 router.register("keys", keys.ApiKeyViewSet, basename="apikey")
 
 urlpatterns = [
@@ -22,6 +21,5 @@ urlpatterns = [
 ]
 
 api_urlpatterns = [
-    path("runs/<uuid:run_id>/events/", events.run_events, name="run-events"),
     *router.urls,
 ]

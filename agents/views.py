@@ -10,9 +10,11 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from .errors import ThreadBusy
-from .models import Message, Run
-from .parsers import object_id
+from runs.errors import ThreadBusy
+from runs.models import Message, Run
+from runs.parsers import object_id
+
+from .models import create_thread
 
 CHATS_PER_PAGE = 50
 
@@ -20,7 +22,8 @@ CHATS_PER_PAGE = 50
 @login_required
 def chat_list(request):
     active = Run.objects.active_on(OuterRef("pk")).values("status")[:1]
-    threads = request.user.threads.select_related("agent").annotate(active_status=Subquery(active))
+    threads = request.user.threads.select_related("agent_link__agent")
+    threads = threads.annotate(active_status=Subquery(active))
     # get_page: a page number that is not one (abc, 99) shows the first or the last page
     page = Paginator(threads, CHATS_PER_PAGE).get_page(request.GET.get("page"))
     return render(request, "chats/list.html", {"page": page, "agents": request.user.agents.all()})
@@ -33,13 +36,13 @@ def chat_create(request):
     if pk is None:
         return HttpResponseBadRequest("agent: expected the id of one of your agents.")
     agent = get_object_or_404(request.user.agents, pk=pk)
-    thread = request.user.threads.create(agent=agent)
+    thread = create_thread(owner=request.user, agent=agent)
     return redirect("chat", pk=thread.pk)
 
 
 @login_required
 def chat_detail(request, pk):
-    thread = get_object_or_404(request.user.threads.select_related("agent"), pk=pk)
+    thread = get_object_or_404(request.user.threads.select_related("agent_link__agent"), pk=pk)
     runs = chat_runs(thread)
     active = next((run for run in runs if run.is_active), None)
     return render(

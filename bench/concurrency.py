@@ -24,8 +24,8 @@ def rss_mb(pid):
 
 def intact(run_id):
     """Whether the run's reply in its event log is the one saved in the database."""
-    from agents.models import Message
-    from agents.runner import logged_texts
+    from runs.models import Message
+    from runs.stream import logged_texts
 
     reply = Message.objects.get(run_id=run_id, role="assistant")
     return logged_texts(run_id).get(reply.pk) == reply.content
@@ -33,8 +33,10 @@ def intact(run_id):
 
 def main():
     # after setup.py has configured Django
-    from agents import lifecycle, stream
-    from agents.models import Run, Thread
+    from agents.models import create_thread
+    from agents.services import agent_start
+    from runs import stream
+    from runs.models import Run
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=150)
@@ -51,8 +53,8 @@ def main():
     try:
         time.sleep(3)  # let the worker start
         idle_rss = rss_mb(worker.pid)
-        threads = [Thread.objects.create(owner=user, agent=agent) for _ in range(args.runs)]
-        runs = [lifecycle.run_start(user=user, thread=t, message="Slowly").pk for t in threads]
+        threads = [create_thread(owner=user, agent=agent) for _ in range(args.runs)]
+        runs = [agent_start(user=user, thread=t, message="Slowly").pk for t in threads]
         channels = [f"run-{r}" for r in runs]
         last_ids = dict.fromkeys(channels, 0)
         peak_running = peak_progressing = 0

@@ -2,7 +2,7 @@
 
 For each N, a fresh web process (uvicorn) and N asyncio clients, --per-run to a run. A
 publisher process appends message.delta events to every run's log with the worker's own code
-(agents.stream.emit), each run every --interval seconds, staggered, each delta's text being the
+(runs.stream.emit), each run every --interval seconds, staggered, each delta's text being the
 moment of its append. Latency is the client's receipt minus that moment. Beside the clients,
 in the same run, an asyncio Redis client subscribed to the same pub/sub channel the web process
 listens on is the floor: the events straight from Redis.
@@ -67,7 +67,7 @@ async def floor(url, channels, latencies, ready):
 
 def publish(run_ids, interval, seconds):
     """The worker's side: every run appends a delta each `interval`, staggered, then ends."""
-    from agents import stream
+    from runs import stream
 
     stream.client.cache_clear()  # a forked process makes its own connections
     slots = sorted((interval * i / len(run_ids), run_id) for i, run_id in enumerate(run_ids))
@@ -108,13 +108,13 @@ def footprint(pid):
 
 
 def make_runs(user, count):
-    from agents.models import Run, Thread
+    from runs.models import Run, Thread
 
-    agent = user.agents.get(name="Demo")
     runs = []
     for _ in range(count):
-        thread = Thread.objects.create(owner=user, agent=agent)
-        runs.append(Run.objects.create(owner=user, thread=thread, agent=agent, status="running").pk)
+        thread = Thread.objects.create(owner=user)
+        run = Run.objects.create(owner=user, thread=thread, kind="agent", status="running")
+        runs.append(run.pk)
     return runs
 
 
@@ -212,7 +212,7 @@ def measure(n, via, args, user, headers, live):
     """One row: a fresh web process (and Pushpin in front of it), n clients."""
     from django.conf import settings
 
-    from agents.models import Run
+    from runs.models import Run
 
     from pushpin import Pushpin
 

@@ -103,7 +103,8 @@ def ms(results, key):
 
 
 def main():
-    from agents.models import Thread
+    from agents.models import ThreadAgent
+    from runs.models import Thread
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=20, help="length of a throughput run")
@@ -123,12 +124,9 @@ def main():
     address = "127.0.0.1", live.port
 
     def fresh_threads(agent, count):  # a thread holds one active run at a time
-        return [
-            t.pk
-            for t in Thread.objects.bulk_create(
-                [Thread(owner=user, agent=agent) for _ in range(count)]
-            )
-        ]
+        threads = Thread.objects.bulk_create([Thread(owner=user) for _ in range(count)])
+        ThreadAgent.objects.bulk_create([ThreadAgent(thread=t, agent=agent) for t in threads])
+        return [t.pk for t in threads]
 
     live.start_web(args.web)
     try:

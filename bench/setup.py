@@ -26,8 +26,8 @@ django.setup()
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 
-from agents import stream  # noqa: E402
 from agents.models import ApiKey  # noqa: E402
+from runs import stream  # noqa: E402
 
 from live import Live  # noqa: E402
 

@@ -18,7 +18,7 @@ class Handler(ASGIHandler):
     Django runs each request in a ThreadSensitiveContext, whose one-thread executor lives as
     long as the response: a thread per open stream. A stream's few thread-sensitive calls (the
     request signals, the session and auth middleware) share asgiref's single thread instead;
-    its own database and log reads run in the default executor (agents/events.py).
+    its own database and log reads run in the default executor (runs/events.py).
 
     WhiteNoise serves static files as FileResponse, a synchronous iterator: Django's handler
     would read the whole file into a list in a thread (and warn "StreamingHttpResponse must

@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # the docs page's assets, served from here (no CDN)
+    "runs",
     "agents",
     "workflows",
     "scheduling",
@@ -170,7 +171,7 @@ EVENTSTREAM_REDIS = {
     "db": int(_redis.path.lstrip("/") or 0),
     "password": _redis.password,
 }
-EVENTSTREAM_STORAGE_CLASS = "agents.stream.StreamStorage"
+EVENTSTREAM_STORAGE_CLASS = "runs.stream.StreamStorage"
 REDIS_POOL_SIZE = env_int("REDIS_POOL_SIZE", 50)  # connections per process
 
 # Runs.
@@ -228,13 +229,13 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_ROUTES = {"agents.tasks.execute_run_task": {"queue": "runs"}}
+CELERY_TASK_ROUTES = {"runs.tasks.execute_run_task": {"queue": "runs"}}
 CELERY_WORKER_POOL = env("WORKER_POOL", "threads")
 CELERY_WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 100)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULER = "scheduling.beat:Scheduler"  # DatabaseScheduler, safe against deletes
 CELERY_BEAT_SCHEDULE = {
-    "reap-runs": {"task": "agents.tasks.reap_runs_task", "schedule": RUN_REAPER_SECONDS},
+    "reap-runs": {"task": "runs.tasks.reap_runs_task", "schedule": RUN_REAPER_SECONDS},
 }
 CELERY_TIMEZONE = "UTC"
 
@@ -247,17 +248,17 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "agents.http.Pagination",
-    "EXCEPTION_HANDLER": "agents.http.exception_handler",
-    # JSON only, and only what PostgreSQL can store (agents/parsers.py)
-    "DEFAULT_PARSER_CLASSES": ["agents.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "runs.http.Pagination",
+    "EXCEPTION_HANDLER": "runs.http.exception_handler",
+    # JSON only, and only what PostgreSQL can store (runs/parsers.py)
+    "DEFAULT_PARSER_CLASSES": ["runs.parsers.JSONParser"],
     "TEST_REQUEST_DEFAULT_FORMAT": "json",  # the test client speaks as the API does
-    "DEFAULT_SCHEMA_CLASS": "agents.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "runs.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
     + (["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
 }
 
-# The OpenAPI schema (/api/schema/) and its docs page (/api/docs/): agents/openapi.py.
+# The OpenAPI schema (/api/schema/) and its docs page (/api/docs/): runs/openapi.py.
 SPECTACULAR_SETTINGS = {
     "TITLE": "Relay API",
     "DESCRIPTION": "Agents, threads, runs, workflows and schedules; run events over SSE.",
@@ -275,6 +276,6 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "agents.openapi.complete_schema",
+        "runs.openapi.complete_schema",
     ],
 }

@@ -9,12 +9,13 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 import agents.urls
+import runs.urls
 import scheduling.urls
 import workflows.urls
-from agents import http
 from agents.auth import LoginForm
+from runs import http
 
-APPS = [agents.urls, workflows.urls, scheduling.urls]
+APPS = [runs.urls, agents.urls, workflows.urls, scheduling.urls]
 
 api = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -4,8 +4,8 @@ as they are; each schedule's PeriodicTask shows there under the name relay-sched
 from django.contrib import admin, messages
 from django.db import models
 
-from agents.admin import ReadOnlyInline
-from agents.forms import OVERRIDES
+from runs.admin import ReadOnlyInline
+from runs.forms import OVERRIDES
 
 from . import cron, services
 from .models import Fire, Schedule

@@ -13,9 +13,10 @@ from rest_framework import serializers, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from agents import openapi
-from agents.api import OwnedPrimaryKeyField, OwnedViewSet
-from agents.models import Agent, Thread
+from agents.models import Agent
+from runs import openapi
+from runs.api import OwnedPrimaryKeyField, OwnedViewSet
+from runs.models import Thread
 from workflows.models import Workflow
 
 from . import cron, services

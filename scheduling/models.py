@@ -8,6 +8,8 @@ from django.db.models.signals import post_delete
 from django.dispatch import receiver
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
+from workflows.definition import check_inputs
+
 from . import cron
 
 FIRE_TASK = "scheduling.tasks.fire_schedule_task"
@@ -39,7 +41,7 @@ class Schedule(models.Model):
     prompt = models.TextField(blank=True)
     # an agent prompt starts a new thread on each fire unless one is given
     thread = models.ForeignKey(
-        "agents.Thread", models.SET_NULL, null=True, blank=True, related_name="schedules"
+        "runs.Thread", models.SET_NULL, null=True, blank=True, related_name="schedules"
     )
     cron = models.CharField(max_length=100, help_text="minute hour day-of-month month day-of-week")
     timezone = models.CharField(max_length=64, default="UTC")
@@ -70,8 +72,6 @@ class Schedule(models.Model):
 
     def clean(self):
         """What makes a schedule runnable; the admin form and the API both ask it."""
-        from workflows.definition import check_inputs
-
         errors = {}
         if self.cron and (cron_errors := cron.validate(self.cron)):
             errors["cron"] = cron_errors
@@ -164,7 +164,7 @@ class Fire(models.Model):
     outcome = models.CharField(max_length=10, choices=Outcome.choices)
     reason = models.TextField(blank=True)
     run = models.ForeignKey(
-        "agents.Run", models.SET_NULL, null=True, blank=True, related_name="fires"
+        "runs.Run", models.SET_NULL, null=True, blank=True, related_name="fires"
     )
     created = models.DateTimeField(auto_now_add=True)
 

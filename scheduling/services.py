@@ -10,9 +10,10 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from agents.errors import ServiceError
-from agents.lifecycle import run_start, run_stop
-from agents.models import Run
+from agents.services import agent_start
+from runs.errors import ServiceError
+from runs.lifecycle import run_stop
+from runs.models import Run
 from workflows.services import workflow_start
 
 from . import cron
@@ -109,7 +110,7 @@ def _start_run(schedule, slot):
             trigger=trigger,
         )
     local = slot.astimezone(ZoneInfo(schedule.timezone))
-    return run_start(
+    return agent_start(
         user=schedule.owner,
         thread=schedule.thread,  # none: a new one per fire, made only if the run starts
         title=f"{schedule.name} · {local:%Y-%m-%d %H:%M}",

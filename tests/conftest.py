@@ -28,8 +28,9 @@ settings.EVENTSTREAM_REDIS = {**settings.EVENTSTREAM_REDIS, "port": SESSION_REDI
 
 from django_celery_beat.models import PeriodicTask  # noqa: E402
 
-from agents import stream  # noqa: E402  (after the settings above)
-from agents.models import Agent, ApiKey, Message, Run, Thread  # noqa: E402
+from agents.models import Agent, ApiKey, create_thread  # noqa: E402
+from runs import stream  # noqa: E402  (after the settings above)
+from runs.models import Message, Run, Thread  # noqa: E402
 from scheduling.models import Schedule  # noqa: E402
 from workflows.models import StepRun, Workflow  # noqa: E402
 
@@ -191,13 +192,13 @@ def pace(user, words=40, delay_ms=0, **agent_fields):
 
 def new_thread(user, words=40, delay_ms=0, **agent_fields):
     """A thread on the user's agent, paced as `pace` does."""
-    return Thread.objects.create(owner=user, agent=pace(user, words, delay_ms, **agent_fields))
+    return create_thread(owner=user, agent=pace(user, words, delay_ms, **agent_fields))
 
 
 @pytest.fixture
 def thread(alice):
     """Alice's thread with her agent as it comes, for tests that run nothing."""
-    return Thread.objects.create(owner=alice, agent=alice.agents.get())
+    return create_thread(owner=alice, agent=alice.agents.get())
 
 
 def start(live, headers, thread, message="Tell me something", **body):

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from agents.models import Message, Run
+from runs.models import Message, Run
 
 
 @dataclass

@@ -11,8 +11,8 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 from rest_framework.test import APIClient
 
-from agents import stream
 from agents.models import ApiKey
+from runs import stream
 
 from conftest import wait_for
 

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from agents.models import Agent, Run, Thread
+from agents.models import Agent, create_thread
+from runs.models import Run
 from scheduling.models import Schedule
 from workflows.models import Workflow
 
@@ -38,7 +39,7 @@ def world(alice):
     """Alice's objects the requests refer to, by the names the cases use in their urls and
     bodies ("<thread>" and so on)."""
     agent = alice.agents.get()
-    thread = Thread.objects.create(owner=alice, agent=agent)
+    thread = create_thread(owner=alice, agent=agent)
     workflow = Workflow.objects.create(owner=alice, name="Sum", definition=WORKFLOW)
     schedule = Schedule.objects.create(
         owner=alice, name="Daily", target="agent", agent=agent, prompt="Hi", cron="0 * * * *"
@@ -211,7 +212,7 @@ def test_it_still_takes_ordinary_json(alice_api, world):
         r'{"a": 2.5e-3, "topic": "caf\u00e9 \ud83d\ude00"}',
     )  # fmt: skip
     assert r.status_code == 202, r.content
-    assert Run.objects.get().inputs == {"a": 0.0025, "topic": "café 😀"}
+    assert Run.objects.get().workflow_run.inputs == {"a": 0.0025, "topic": "café 😀"}
 
 
 def test_it_refuses_a_form_body_on_the_api(alice_api, world):
@@ -258,7 +259,7 @@ def test_the_run_form_still_takes_numbers_and_json(alice, alice_web, no_queue):
     workflow = Workflow.objects.create(owner=alice, name="Form", definition=FORM_WORKFLOW)
     r = alice_web.post(f"/workflows/{workflow.pk}/", {"a": "2.5", "j": '{"k": [1, "é"]}'})
     assert r.status_code == 302
-    assert Run.objects.get().inputs == {"a": 2.5, "j": {"k": [1, "é"]}, "s": None}
+    assert Run.objects.get().workflow_run.inputs == {"a": 2.5, "j": {"k": [1, "é"]}, "s": None}
 
 
 @pytest.mark.parametrize("agent", ["abc", "1.5", "", "1e999", "-1", "9" * 30, "²", " 1", "0x1"])
@@ -287,7 +288,7 @@ def test_a_new_chat_refuses_an_agent_that_is_no_id(alice, alice_web, agent):
     ],
 )
 def test_a_rename_refuses_a_next_that_leaves_the_site(alice, alice_web, next_url):
-    thread = Thread.objects.create(owner=alice, agent=alice.agents.get(), title="Plans")
+    thread = create_thread(owner=alice, agent=alice.agents.get(), title="Plans")
     before = saved()
     r = alice_web.post(f"/chats/{thread.pk}/rename/", {"title": "New", "next": next_url})
     assert r.status_code == 400
@@ -297,7 +298,7 @@ def test_a_rename_refuses_a_next_that_leaves_the_site(alice, alice_web, next_url
 
 
 def test_a_rename_follows_a_next_on_the_site(alice, alice_web):
-    thread = Thread.objects.create(owner=alice, agent=alice.agents.get(), title="Plans")
+    thread = create_thread(owner=alice, agent=alice.agents.get(), title="Plans")
     r = alice_web.post(f"/chats/{thread.pk}/rename/", {"title": "New", "next": "/chats/?page=2"})
     assert (r.status_code, r["Location"]) == (302, "/chats/?page=2")
     thread.refresh_from_db()

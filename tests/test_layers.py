@@ -1,20 +1,13 @@
 """The apps' imports point one way: scheduling -> workflows -> agents -> runs (bin/imports prints
-the graph). The imports against it that are left are listed here, by file, so the list can only
-shrink: a new one fails, and so does one that is gone but still listed (take it off)."""
+the graph). None goes against it; should one be unavoidable, it is listed here, by file, with
+the reason, so the list can only shrink."""
 
 import importlib.machinery
 import importlib.util
 
 from live import ROOT
 
-# what the engine's move into a `runs` app (issue 12) takes away
-KNOWN_UPWARD = {
-    ("agents", "workflows"): {
-        "agents/admin.py",  # the run admin's step inline
-        "agents/api.py",  # a run's steps
-        "agents/runner.py",  # WorkflowLoop for a workflow run
-    },
-}
+KNOWN_UPWARD = {}
 
 
 def load_imports():

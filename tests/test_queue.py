@@ -3,8 +3,9 @@ more, so an enqueue that would not serialize fails in the tests."""
 
 import pytest
 
-from agents import lifecycle, tasks
-from agents.models import Run
+from agents import services
+from runs import tasks
+from runs.models import Run
 
 from conftest import new_thread
 
@@ -12,7 +13,7 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
 def test_it_refuses_a_task_argument_json_does_not_carry(no_queue, alice):
-    run = lifecycle.run_start(user=alice, thread=new_thread(alice), message="Hello")
+    run = services.agent_start(user=alice, thread=new_thread(alice), message="Hello")
     assert no_queue.args(tasks.execute_run_task) == [[str(run.pk)]]
     for argument in (run.pk, run):  # a UUID, a model
         with pytest.raises(TypeError, match="not JSON serializable"):

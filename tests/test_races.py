@@ -7,7 +7,8 @@ import pytest
 from django.db import connection
 from django.db.models.signals import pre_save
 
-from agents.models import Agent, Thread
+from agents.models import Agent, agent_of
+from runs.models import Thread
 from scheduling.models import Schedule
 
 from conftest import client_for
@@ -28,7 +29,7 @@ def test_a_thread_given_an_agent_deleted_meanwhile_is_a_409(alice, thread):
         pre_save.disconnect(delete_the_agent, sender=Thread)
     assert (r.status_code, r.json()["code"]) == (409, "conflict")
     thread.refresh_from_db()
-    assert thread.agent == alice.agents.get(name="Demo")
+    assert agent_of(thread) == alice.agents.get(name="Demo")
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks: PostgreSQL")

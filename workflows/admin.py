@@ -1,10 +1,11 @@
 from django import forms
 from django.contrib import admin
 
-from agents.forms import StorableJSONField
+from runs.admin import ReadOnlyInline, RunAdmin
+from runs.forms import StorableJSONField
 
 from .definition import validate
-from .models import StepRun, Workflow
+from .models import StepRun, Workflow, WorkflowRun
 
 
 class WorkflowForm(forms.ModelForm):
@@ -46,3 +47,18 @@ class StepRunAdmin(admin.ModelAdmin):
     list_filter = ["status", "reused"]
     raw_id_fields = ["run"]
     readonly_fields = [f.name for f in StepRun._meta.fields]
+
+
+class WorkflowRunInline(ReadOnlyInline):
+    """What a workflow run ran, on the run's admin page."""
+
+    model = WorkflowRun
+    fields = ["workflow", "definition", "inputs"]
+
+
+class StepRunInline(ReadOnlyInline):
+    model = StepRun
+    fields = ["index", "step", "status", "output", "error", "reused", "finished"]
+
+
+RunAdmin.inlines = [*RunAdmin.inlines, WorkflowRunInline, StepRunInline]

@@ -1,5 +1,6 @@
-"""The workflows API: definitions (owner only) and their runs."""
+"""The workflows API: definitions (owner only), their runs, and the steps of a run."""
 
+from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -7,14 +8,14 @@ from drf_spectacular.utils import (
     extend_schema,
     extend_schema_view,
 )
-from rest_framework import serializers, status
+from rest_framework import generics, serializers, status
 from rest_framework.decorators import action
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
-from agents import openapi
-from agents.api import OwnedPrimaryKeyField, OwnedViewSet, RunSerializer, RunViewSet
-from agents.models import Thread
+from runs import openapi
+from runs.api import OwnedPrimaryKeyField, OwnedViewSet, RunSerializer
+from runs.models import Run, Thread
 
 from .definition import SCHEMA, validate
 from .models import StepRun, Workflow
@@ -55,8 +56,22 @@ class StepRunSerializer(serializers.ModelSerializer):
         fields = ["step", "index", "status", "output", "error", "reused", "started", "finished"]
 
 
-# The steps of a workflow run are listed by agents' RunViewSet, with the serializer defined here.
-extend_schema_view(steps=extend_schema(responses=StepRunSerializer(many=True)))(RunViewSet)
+def run_workflow_field():
+    """A run's `workflow` (runs' RunSerializer shows it: workflows/apps.py); null for a run of
+    another kind."""
+    return serializers.PrimaryKeyRelatedField(source="workflow_run.workflow", read_only=True)
+
+
+class RunStepsView(generics.ListAPIView):
+    """The steps of one of the user's runs, in order: /api/runs/<id>/steps/ (none for a run
+    that is not a workflow's)."""
+
+    serializer_class = StepRunSerializer
+    queryset = StepRun.objects.none()  # the model, for the schema
+
+    def get_queryset(self):
+        run = get_object_or_404(self.request.user.runs, pk=self.kwargs["pk"])
+        return run.steps.all()
 
 
 ADD_ONE = {
@@ -110,7 +125,8 @@ class WorkflowViewSet(OwnedViewSet):
     def runs(self, request, pk=None):
         workflow = self.get_object()
         if request.method == "GET":
-            page = self.paginate_queryset(workflow.runs.all())
+            runs = Run.objects.filter(workflow_run__workflow=workflow)
+            page = self.paginate_queryset(runs.select_related(*RunSerializer.related()))
             return self.get_paginated_response(RunSerializer(page, many=True).data)
         data = WorkflowStartSerializer(data=request.data, context={"request": request})
         data.is_valid(raise_exception=True)

@@ -40,6 +40,23 @@ class Workflow(models.Model):
         return self.definition.get("steps", [])
 
 
+class WorkflowRun(models.Model):
+    """What a workflow run needs beside its Run: the workflow, and its definition and inputs as
+    they were when the run started (the workflow may change, or go, meanwhile)."""
+
+    run = models.OneToOneField(
+        "runs.Run", models.CASCADE, primary_key=True, related_name="workflow_run"
+    )
+    workflow = models.ForeignKey(
+        Workflow, models.SET_NULL, null=True, blank=True, related_name="runs"
+    )
+    definition = models.JSONField()
+    inputs = models.JSONField(default=dict, blank=True)
+
+    def __str__(self):
+        return f"{self.workflow or 'a deleted workflow'}: {self.run}"
+
+
 class StepRun(models.Model):
     class Status(models.TextChoices):
         RUNNING = "running"
@@ -48,7 +65,7 @@ class StepRun(models.Model):
         SKIPPED = "skipped"
         STOPPED = "stopped"
 
-    run = models.ForeignKey("agents.Run", models.CASCADE, related_name="steps")
+    run = models.ForeignKey("runs.Run", models.CASCADE, related_name="steps")
     step = models.CharField(max_length=100)
     index = models.PositiveIntegerField()
     status = models.CharField(max_length=10, choices=Status.choices)

@@ -6,9 +6,11 @@ import json
 
 from django.utils import timezone
 
-from agents import stream
-from agents.models import Agent, Message
-from agents.runner import RunFailed, RunLoop, Stopped, closing_connection, history_messages
+from agents.models import Agent, agent_of
+from agents.runner import AgentLoop, history_messages
+from runs import stream
+from runs.loop import RunFailed, Stopped, closing_connection
+from runs.models import Message
 
 from .definition import evaluate, guarded_steps, render, render_arguments
 from .models import StepRun
@@ -18,14 +20,16 @@ class StepFailed(Exception):
     pass
 
 
-class WorkflowLoop(RunLoop):
+class WorkflowLoop(AgentLoop):
     def body(self):
-        steps = self.run.definition["steps"]
-        context = {"inputs": self.run.inputs or {}, "steps": {}}
         with closing_connection():
+            started = self.run.workflow_run
+            self.agent = agent_of(self.run)
             reusable = reusable_outputs(self.run)
+        definition = started.definition
+        context = {"inputs": started.inputs or {}, "steps": {}}
         skipped = set()
-        for index, step in enumerate(steps):
+        for index, step in enumerate(definition["steps"]):
             self._check()
             if step["id"] in skipped:
                 self._record(step, index, StepRun.Status.SKIPPED)
@@ -37,7 +41,7 @@ class WorkflowLoop(RunLoop):
                 output = self._step(step, index, context)
             context["steps"][step["id"]] = output
             if step["type"] == "condition" and not output:
-                skipped.update(guarded_steps(self.run.definition, index))
+                skipped.update(guarded_steps(definition, index))
 
     def _step(self, step, index, context):
         started = timezone.now()

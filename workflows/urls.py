@@ -5,7 +5,7 @@ from django.urls import path
 from rest_framework.routers import SimpleRouter
 
 from . import views
-from .api import WorkflowViewSet
+from .api import RunStepsView, WorkflowViewSet
 
 router = SimpleRouter()
 router.register("workflows", WorkflowViewSet, basename="workflow")
@@ -16,4 +16,7 @@ urlpatterns = [
     path("workflows/runs/<uuid:run_id>/", views.workflow_run, name="workflow-run"),
 ]
 
-api_urlpatterns = router.urls
+api_urlpatterns = [
+    path("runs/<uuid:pk>/steps/", RunStepsView.as_view(), name="run-steps"),
+    *router.urls,
+]

@@ -4,12 +4,12 @@ run with its steps live."""
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
 
-from agents.errors import ServiceError
-from agents.models import Run
-from agents.parsers import UnstorableJSON, check_storable, loads
+from runs.errors import ServiceError
+from runs.models import Run
+from runs.parsers import UnstorableJSON, check_storable, loads
 
 from .models import StepRun
-from .services import workflow_start
+from .services import WorkflowRuns, workflow_start
 
 
 @login_required
@@ -42,7 +42,7 @@ def workflow_detail(request, pk):
             "workflow": workflow,
             "fields": fields,
             "errors": errors,
-            "runs": workflow.runs.all()[:20],
+            "runs": Run.objects.filter(workflow_run__workflow=workflow)[:20],
         },
     )
 
@@ -82,11 +82,12 @@ def _number(text):
 
 @login_required
 def workflow_run(request, run_id):
-    run = get_object_or_404(request.user.runs.exclude(definition=None), pk=run_id)
+    runs = request.user.runs.select_related("workflow_run__workflow")
+    run = get_object_or_404(runs.filter(kind=WorkflowRuns.name), pk=run_id)
     records = {record.step: record for record in run.steps.all()}
     steps = [
         {"id": step["id"], "type": step["type"], "index": index, "record": records.get(step["id"])}
-        for index, step in enumerate(run.definition["steps"])
+        for index, step in enumerate(run.workflow_run.definition["steps"])
     ]
     return render(
         request,

@@ -5,8 +5,10 @@ import json
 import pytest
 from rest_framework.test import APIClient
 
-from agents import lifecycle, stream, tasks
-from agents.models import Agent, ApiKey, Run, Thread
+from agents import services
+from agents.models import Agent, ApiKey, create_thread
+from runs import stream, tasks
+from runs.models import Run, Thread
 from workflows.models import Workflow
 
 from examples import THREE_STEPS
@@ -64,7 +66,7 @@ def test_it_refuses_a_bad_agent(alice_api, body, field, reason):
 
 
 def test_it_hides_other_users_objects(alice, alice_api, bob_api, thread):
-    run = lifecycle.run_start(user=alice, thread=thread, message="mine")
+    run = services.agent_start(user=alice, thread=thread, message="mine")
     agent = alice.agents.get()
     for url in [
         f"/api/agents/{agent.pk}/",
@@ -204,7 +206,7 @@ def test_it_interrupts_a_queued_run_when_asked(alice_api, thread):
 
 def test_it_caps_active_runs_per_user(alice, alice_api, settings):
     settings.RUN_MAX_ACTIVE_PER_USER = 2
-    threads = [Thread.objects.create(owner=alice, agent=alice.agents.get()) for _ in range(3)]
+    threads = [create_thread(owner=alice, agent=alice.agents.get()) for _ in range(3)]
     assert [start(alice_api, t).status_code for t in threads] == [202, 202, 429]
     r = start(alice_api, threads[2])
     assert r.data["code"] == "too_many_runs"
@@ -229,7 +231,7 @@ def test_it_stops_a_queued_run_at_once_and_twice_harmlessly(
 
 
 def test_it_lists_runs_by_status_and_thread(alice, alice_api, thread):
-    other = Thread.objects.create(owner=alice, agent=alice.agents.get())
+    other = create_thread(owner=alice, agent=alice.agents.get())
     stopped = start(alice_api, thread).data["id"]
     alice_api.post(f"/api/runs/{stopped}/stop/")
     queued = start(alice_api, other).data["id"]

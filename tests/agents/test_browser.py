@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from agents import lifecycle, stream
-from agents.models import Message, Run, Thread
+from agents import services
+from agents.models import create_thread
+from runs import lifecycle, stream
+from runs.models import Message, Run
 from workflows.models import Workflow
 
 from conftest import pace, wait_for_status
@@ -59,7 +61,7 @@ def page(browser, live, alice):
 
 
 def open_chat(page, user):
-    thread = Thread.objects.create(owner=user, agent=user.agents.get())
+    thread = create_thread(owner=user, agent=user.agents.get())
     page.goto(f"/chats/{thread.pk}/")
     return thread
 
@@ -189,8 +191,8 @@ def test_it_shows_what_went_wrong_on_the_page(page, alice, settings):
     expect(page.locator("#notice")).to_contain_text("cannot reach the model")
     # too many runs: the 429 is on the page
     pace(alice, words=1000, delay_ms=50, model="demo")
-    busy = [Thread.objects.create(owner=alice, agent=alice.agents.get()) for _ in range(10)]
-    runs = [lifecycle.run_start(user=alice, thread=t, message="busy") for t in busy]
+    busy = [create_thread(owner=alice, agent=alice.agents.get()) for _ in range(10)]
+    runs = [services.agent_start(user=alice, thread=t, message="busy") for t in busy]
     try:
         send(page, "One more")
         expect(page.locator("#notice")).to_contain_text("active runs, the most allowed")
@@ -263,7 +265,7 @@ def test_it_shows_a_busy_thread_on_the_page(page, alice):
     thread = open_chat(page, alice)
     # hold the page's check for runs started elsewhere, so it does not know of the next one
     page.route(f"**/api/threads/{thread.pk}/", lambda route: None)
-    run = lifecycle.run_start(user=alice, thread=thread, message="Started elsewhere")
+    run = services.agent_start(user=alice, thread=thread, message="Started elsewhere")
     try:
         send(page, "Me too")
         expect(page.locator("#notice")).to_contain_text("Tick “Interrupt the current run”")

@@ -10,8 +10,10 @@ import pytest
 from django.db import connection
 from django.test import override_settings
 
-from agents import lifecycle, stream
-from agents.models import ApiKey, Run, Thread
+from agents import services
+from agents.models import ApiKey, create_thread
+from runs import stream
+from runs.models import Run
 
 from conftest import new_thread, pace, start, wait_for, wait_for_status
 from sse import assert_consecutive, follow, parse, text_of
@@ -189,9 +191,9 @@ def test_it_fails_a_run_whose_worker_was_killed_and_ends_its_stream(live, live_a
 @override_settings(RUN_MAX_ACTIVE_PER_USER=100)
 def test_one_worker_holds_fifty_slow_runs_at_once(live, live_api, alice):
     agent = pace(alice, words=30, delay_ms=100)  # about 3 s each
-    threads = [Thread.objects.create(owner=alice, agent=agent) for _ in range(50)]
+    threads = [create_thread(owner=alice, agent=agent) for _ in range(50)]
     # started here, where the cap is raised, rather than through the web process
-    runs = [lifecycle.run_start(user=alice, thread=t, message="Go slowly").pk for t in threads]
+    runs = [services.agent_start(user=alice, thread=t, message="Go slowly").pk for t in threads]
     running = Run.objects.filter(pk__in=runs, status=Run.Status.RUNNING)
     wait_for(lambda: running.count() == 50, timeout=20, message="50 runs running at once")
     if connection.vendor == "postgresql":

@@ -1,4 +1,4 @@
-"""What agents/eventstream.py relies on in django-eventstream's internals, checked against the
+"""What runs/eventstream.py relies on in django-eventstream's internals, checked against the
 installed version: an upgrade that changes any of it fails here, not in a stream that waits
 forever. Each test runs on a Redis of its own, with a listener manager of its own, so the
 pub/sub subscribers counted are the test's."""
@@ -15,8 +15,8 @@ from django_eventstream import eventstream as library_eventstream
 from django_eventstream import views
 from django_eventstream.utils import get_storage
 
-from agents import eventstream, stream
-from agents.eventstream import Event, EventDoesNotExist, sse_encode_event
+from runs import eventstream, stream
+from runs.eventstream import Event, EventDoesNotExist, sse_encode_event
 
 WAIT = 10  # seconds any one wait may take
 

@@ -14,8 +14,8 @@ import psutil
 import pytest
 from django.test import override_settings
 
-from agents import grip, stream
-from agents.models import Run
+from runs import grip, stream
+from runs.models import Run
 
 from conftest import bearer, new_thread, start, wait_for_status
 from live import ROOT, Live

@@ -7,16 +7,18 @@ import re
 import pytest
 from django.test import Client
 
-from agents import lifecycle
-from agents.markdown import render
-from agents.models import Message, Run, Thread
+from agents import services
+from agents.models import ThreadAgent, agent_of, create_thread
+from runs import lifecycle
+from runs.markdown import render
+from runs.models import Message, Run, Thread
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def thread(alice):
-    return Thread.objects.create(owner=alice, agent=alice.agents.get(), title="Plans")
+    return create_thread(owner=alice, agent=alice.agents.get(), title="Plans")
 
 
 def test_it_sends_visitors_to_the_login_page(client):
@@ -27,8 +29,8 @@ def test_it_sends_visitors_to_the_login_page(client):
 
 
 def test_it_lists_chats_with_a_badge_while_a_run_is_active(alice, alice_web, thread):
-    idle = Thread.objects.create(owner=alice, agent=alice.agents.get(), title="Idle")
-    lifecycle.run_start(user=alice, thread=thread, message="Go")
+    idle = create_thread(owner=alice, agent=alice.agents.get(), title="Idle")
+    services.agent_start(user=alice, thread=thread, message="Go")
     page = alice_web.get("/chats/").content.decode()
     assert '<span class="badge queued">queued</span>' in page
     assert page.index("Plans") < page.index("Idle")  # the latest activity first
@@ -37,9 +39,10 @@ def test_it_lists_chats_with_a_badge_while_a_run_is_active(alice, alice_web, thr
 
 def test_it_paginates_the_chat_list(alice, alice_web):
     agent = alice.agents.get()
-    Thread.objects.bulk_create(
-        Thread(owner=alice, agent=agent, title=f"Chat {n:03}") for n in range(120)
+    threads = Thread.objects.bulk_create(
+        Thread(owner=alice, title=f"Chat {n:03}") for n in range(120)
     )
+    ThreadAgent.objects.bulk_create(ThreadAgent(thread=t, agent=agent) for t in threads)
     first = alice_web.get("/chats/").content.decode()
     assert len(re.findall(r'href="/chats/\d+/"', first)) == 50
     assert "Chat 119" in first  # the latest first
@@ -76,7 +79,7 @@ def test_it_creates_renames_and_deletes_a_chat(alice, alice_web):
 
 
 def test_it_keeps_a_chat_with_an_active_run_and_says_why(alice, alice_web, thread):
-    lifecycle.run_start(user=alice, thread=thread, message="Go")
+    services.agent_start(user=alice, thread=thread, message="Go")
     r = alice_web.post(f"/chats/{thread.pk}/delete/", follow=True)
     assert "This thread has an active run; stop it first." in r.content.decode()
     assert Thread.objects.filter(pk=thread.pk).exists()
@@ -89,11 +92,11 @@ def test_it_hides_other_users_chats(bob, thread):
     assert client.get(f"/chats/{thread.pk}/messages/").status_code == 404
     assert client.post(f"/chats/{thread.pk}/rename/", {"title": "x"}).status_code == 404
     assert client.post(f"/chats/{thread.pk}/delete/").status_code == 404
-    assert client.post("/chats/new/", {"agent": thread.agent.pk}).status_code == 404
+    assert client.post("/chats/new/", {"agent": agent_of(thread).pk}).status_code == 404
 
 
 def test_it_renders_saved_messages_tool_cards_and_usage(alice, alice_web, thread):
-    run = lifecycle.run_start(user=alice, thread=thread, message="calc <b>6*7</b>")
+    run = services.agent_start(user=alice, thread=thread, message="calc <b>6*7</b>")
     call = {"id": "c1", "name": "calculator", "arguments": '{"expression": "6*7"}'}
     thread.append_message(role=Message.Role.ASSISTANT, run=run, tool_calls=[call])
     thread.append_message(
@@ -121,7 +124,7 @@ def test_it_sanitizes_reply_markdown_and_keeps_code_readable():
 
 
 def test_the_admin_shows_threads_runs_and_their_records(alice, admin_client, thread):
-    run = lifecycle.run_start(user=alice, thread=thread, message="Go")
+    run = services.agent_start(user=alice, thread=thread, message="Go")
     for url in [
         f"/admin/agents/thread/{thread.pk}/change/",
         f"/admin/agents/run/{run.pk}/change/",

@@ -8,9 +8,10 @@ import httpx
 import pytest
 from django.test import override_settings
 
-from agents import lifecycle, stream
-from agents.eventstream import EventDoesNotExist
-from agents.models import Run
+from agents import services
+from runs import stream
+from runs.eventstream import EventDoesNotExist
+from runs.models import Run
 
 from conftest import bearer, new_thread, start, start_live, wait_for
 from sse import OpenStream
@@ -167,7 +168,7 @@ def test_it_keeps_the_logs_of_one_users_newest_ended_runs_only(settings, alice, 
 
     def ended_run(user):
         thread = new_thread(user)
-        run = Run.objects.create(owner=user, thread=thread, agent=thread.agent, status="completed")
+        run = Run.objects.create(owner=user, thread=thread, kind="agent", status="completed")
         stream.emit(run.pk, "run.status", status="queued", error="")
         stream.emit(run.pk, "run.status", status="completed", error="")
         stream.retain(run.pk, user.pk)
@@ -310,7 +311,7 @@ def test_one_users_big_runs_keep_at_most_the_bound_in_redis(live, alice, setting
     once they have ended (the live processes have the default settings, as this one)."""
     with override_settings(RUN_MAX_ACTIVE_PER_USER=30):
         runs = [
-            lifecycle.run_start(user=alice, thread=new_thread(alice, 100_000), message="Go").pk
+            services.agent_start(user=alice, thread=new_thread(alice, 100_000), message="Go").pk
             for _ in range(30)
         ]
     ended = Run.objects.filter(pk__in=runs, status=Run.Status.COMPLETED)

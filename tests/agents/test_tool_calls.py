@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from agents import lifecycle, runner, tools
-from agents.models import Run
+from agents import runner, services, tools
+from runs import lifecycle, loop
+from runs.models import Run
 from workflows.models import Workflow
 from workflows.services import workflow_start
 
@@ -51,8 +52,8 @@ def test_a_stop_during_a_tool_call_ends_the_run_at_once_and_drops_the_result(
     alice, thread, slow_calculator
 ):
     release, returned = slow_calculator
-    run = lifecycle.run_start(user=alice, thread=thread, message="Please calculate 6*7")
-    worker = threading.Thread(target=runner.execute, args=(run.pk,))
+    run = services.agent_start(user=alice, thread=thread, message="Please calculate 6*7")
+    worker = threading.Thread(target=loop.execute, args=(run.pk,))
     worker.start()
     assert stop_during_the_tool(run, worker) < 1
     events = logged(run)
@@ -78,7 +79,7 @@ def test_a_stop_during_a_workflow_tool_step_ends_the_run_at_once(alice, slow_cal
     }  # fmt: skip
     workflow = Workflow.objects.create(owner=alice, name="W", definition=definition)
     run = workflow_start(user=alice, workflow=workflow, inputs={})
-    worker = threading.Thread(target=runner.execute, args=(run.pk,))
+    worker = threading.Thread(target=loop.execute, args=(run.pk,))
     worker.start()
     assert stop_during_the_tool(run, worker) < 1
     events = logged(run)

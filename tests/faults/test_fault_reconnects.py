@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from agents import lifecycle
+from agents import services
 
 from conftest import at_scale, bearer, new_thread
 from sse import assert_transcript, follow_resuming
@@ -45,7 +45,7 @@ def test_clients_dropping_at_random_get_every_event_once(live, django_user_model
         auth = bearer(user)
         for _ in range(PER_USER):
             thread = new_thread(user, words=60, delay_ms=20)
-            runs.append(lifecycle.run_start(user=user, thread=thread, message="Go on").pk)
+            runs.append(services.agent_start(user=user, thread=thread, message="Go on").pk)
             headers[runs[-1]] = auth
     drops = []
     deadline = time.monotonic() + at_scale(60, 300)  # about 4 s and 40 s here

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from agents.models import Run
+from runs.models import Run
 
 from conftest import bearer, logged, new_thread, start, wait_for, wait_for_status
 from live import Live

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from agents.models import Run
+from runs.models import Run
 
 from conftest import at_scale, bearer, new_thread, start, start_live, wait_for, wait_for_status
 from sse import assert_no_silent_gap, assert_transcript, follow_resuming

@@ -7,8 +7,9 @@ from collections import Counter
 
 import pytest
 
-from agents import lifecycle, runner
-from agents.models import Run
+from agents import services
+from runs import lifecycle, loop
+from runs.models import Run
 
 from conftest import at_scale, logged, new_thread
 
@@ -24,12 +25,12 @@ RACES = at_scale(40, 200)
 def test_a_stop_racing_completion_ends_each_run_exactly_once(alice):
     thread = new_thread(alice, words=3)
     started = time.monotonic()
-    runner.execute(lifecycle.run_start(user=alice, thread=thread, message="Quick").pk)
+    loop.execute(services.agent_start(user=alice, thread=thread, message="Quick").pk)
     lasts = time.monotonic() - started  # how long a run takes here
     outcomes = Counter()
     for _ in range(RACES):
-        run = lifecycle.run_start(user=alice, thread=thread, message="Quick")
-        worker = threading.Thread(target=runner.execute, args=(run.pk,))
+        run = services.agent_start(user=alice, thread=thread, message="Quick")
+        worker = threading.Thread(target=loop.execute, args=(run.pk,))
         worker.start()
         time.sleep(random.uniform(0, lasts))  # before the claim, mid-reply or after the end
         lifecycle.run_stop(run=Run.objects.get(pk=run.pk))

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from agents import lifecycle
-from agents.models import Run
+from agents import services
+from runs.models import Run
 
 from conftest import at_scale, new_thread, wait_for
 from sse import assert_transcript, follow_resuming
@@ -28,7 +28,7 @@ def test_clients_resume_without_gap_or_duplicate_after_the_web_restarts(live, li
 
 def restart_mid_stream(live, headers, user, pool):
     threads = [new_thread(user, words=60, delay_ms=30) for _ in range(PER_RESTART)]
-    runs = [lifecycle.run_start(user=user, thread=t, message="Go on").pk for t in threads]
+    runs = [services.agent_start(user=user, thread=t, message="Go on").pk for t in threads]
     deadline = time.monotonic() + 30
     clients = {
         run: pool.submit(follow_resuming, live.base_url, run, headers, deadline) for run in runs

@@ -9,8 +9,9 @@ from collections import Counter
 import pytest
 from django.test import override_settings
 
-from agents import lifecycle, stream
-from agents.models import Message, Run
+from agents import services
+from runs import stream
+from runs.models import Message, Run
 
 from conftest import at_scale, logged, new_thread, wait_for
 
@@ -41,7 +42,7 @@ def test_every_run_ends_once_when_its_worker_is_killed(live, alice):
         for i in range(0, RUNS, PER_KILL):
             threads = [new_thread(alice, words=8, delay_ms=150) for _ in range(PER_KILL)]
             batch = [
-                lifecycle.run_start(user=alice, thread=t, message=PROMPTS[(i + n) % 2]).pk
+                services.agent_start(user=alice, thread=t, message=PROMPTS[(i + n) % 2]).pk
                 for n, t in enumerate(threads)
             ]
             runs += batch

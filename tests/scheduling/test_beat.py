@@ -8,7 +8,8 @@ import httpx
 import pytest
 from django.utils import timezone
 
-from agents.models import Run, Thread
+from agents.models import create_thread
+from runs.models import Run
 from scheduling.models import Fire, Schedule
 
 from conftest import pace, wait_for
@@ -86,9 +87,9 @@ def test_beat_survives_schedules_deleted_while_it_reloads_them(live, live_api, a
         assert beat.poll() is None, f"beat exited after {churned} rounds:\n{log}"
 
         # it still reaps: a run whose worker is gone ends failed within a few reaper periods
-        thread = Thread.objects.create(owner=alice, agent=agent)
+        thread = create_thread(owner=alice, agent=agent)
         lost = Run.objects.create(
-            owner=alice, thread=thread, agent=agent, status=Run.Status.RUNNING, attempt=1,
+            owner=alice, thread=thread, kind="agent", status=Run.Status.RUNNING, attempt=1,
             lease_owner="gone:1", lease_expires=timezone.now() - timedelta(seconds=1),
         )  # fmt: skip
         wait_for(

@@ -11,9 +11,10 @@ from django.conf import settings
 from django.db import connection
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
-from agents import lifecycle
-from agents.models import Run, Thread
+from agents.models import create_thread
 from config.celery import app as celery_app
+from runs import lifecycle
+from runs.models import Run, Thread
 from scheduling.models import Fire, Schedule
 from scheduling.services import schedule_fire
 from workflows.models import Workflow
@@ -204,7 +205,7 @@ def test_it_runs_a_workflow_schedule_with_its_inputs(alice):
         cron="0 0 * * *", timezone="UTC",
     )  # fmt: skip
     fire = schedule_fire(schedule_id=schedule.pk, now=at(2026, 11, 25, 0, 0))
-    assert (fire.run.workflow, fire.run.inputs, fire.run.trigger) == (
+    assert (fire.run.workflow_run.workflow, fire.run.workflow_run.inputs, fire.run.trigger) == (
         workflow,
         {"a": 3},
         "schedule",
@@ -341,7 +342,7 @@ def test_it_caps_the_schedules_one_user_has(alice, alice_api, bob, bob_api, sett
 
 
 def test_it_refuses_another_users_agent_and_thread(alice, alice_api, bob):
-    thread = Thread.objects.create(owner=bob, agent=bob.agents.get())
+    thread = create_thread(owner=bob, agent=bob.agents.get())
     body = {"name": "D", "target": "agent", "agent": bob.agents.get().pk, "prompt": "Hi",
             "cron": "* * * * *", "thread": thread.pk}  # fmt: skip
     r = alice_api.post("/api/schedules/", body, format="json")
@@ -403,7 +404,7 @@ def test_the_schedules_page_shows_next_fire_last_outcome_and_runs(alice, client)
 def test_it_stops_the_previous_running_workflow_run_on_a_fixed_thread(alice):
     definition = {"steps": [{"id": "s", "type": "agent", "prompt": "Hi"}]}
     workflow = Workflow.objects.create(owner=alice, name="W", definition=definition)
-    thread = Thread.objects.create(owner=alice, agent=alice.agents.get())
+    thread = create_thread(owner=alice, agent=alice.agents.get())
     schedule = Schedule.objects.create(
         owner=alice, name="Fixed", target="workflow", workflow=workflow, thread=thread,
         cron="* * * * *", timezone="UTC", overlap="stop_previous",

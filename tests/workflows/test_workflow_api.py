@@ -5,7 +5,7 @@ import copy
 
 import pytest
 
-from agents.models import Run
+from runs.models import Run
 from workflows.models import Workflow
 
 from conftest import saved
@@ -85,14 +85,17 @@ def test_it_starts_a_run_with_the_inputs_checked_and_defaults_filled(alice_api, 
     r = alice_api.post(f"/api/workflows/{workflow.pk}/runs/", {"inputs": {"a": 5}}, format="json")
     assert r.status_code == 202, r.data
     run = Run.objects.get(pk=r.data["id"])
-    assert (run.workflow, run.inputs) == (workflow, {"a": 5, "topic": "numbers"})
-    assert run.definition == THREE_STEPS
+    assert (run.workflow_run.workflow, run.workflow_run.inputs) == (
+        workflow,
+        {"a": 5, "topic": "numbers"},
+    )
+    assert run.workflow_run.definition == THREE_STEPS
     assert run.thread.owner == workflow.owner
     # a change to the workflow leaves the run's definition alone
     workflow.definition = {"steps": [{"id": "x", "type": "agent", "prompt": "hi"}]}
     workflow.save()
     run.refresh_from_db()
-    assert run.definition == THREE_STEPS
+    assert run.workflow_run.definition == THREE_STEPS
     listed = alice_api.get(f"/api/workflows/{workflow.pk}/runs/").data["results"]
     assert [str(r["id"]) for r in listed] == [str(run.pk)]
 
@@ -120,7 +123,7 @@ def test_it_retries_only_a_failed_workflow_run(alice, alice_api, workflow):
     ).data["id"]
     r = alice_api.post(f"/api/runs/{run_id}/retry/")
     assert r.status_code == 409
-    assert "Only a failed workflow run" in r.json()["detail"]
+    assert "Only a failed run can be retried" in r.json()["detail"]
 
 
 def test_it_refuses_a_start_whose_inputs_would_render_past_the_message_limit(alice, alice_api):

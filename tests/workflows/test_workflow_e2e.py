@@ -5,7 +5,8 @@ import copy
 import httpx
 import pytest
 
-from agents.models import Agent, Run
+from agents.models import Agent
+from runs.models import Run
 from workflows.models import StepRun, Workflow
 
 from conftest import pace, wait_for_status

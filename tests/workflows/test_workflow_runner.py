@@ -4,8 +4,9 @@ import copy
 
 import pytest
 
-from agents import lifecycle, runner
-from agents.models import Agent, Run
+from agents.models import Agent
+from runs import lifecycle, loop
+from runs.models import Run
 from workflows.models import Workflow
 from workflows.services import workflow_start
 
@@ -23,13 +24,13 @@ def test_a_retry_keeps_skipping_what_a_reused_condition_skipped(alice, settings)
     definition["steps"][3]["agent"] = broken.pk
     workflow = Workflow.objects.create(owner=alice, name="W", definition=definition)
     failed = workflow_start(user=alice, workflow=workflow, inputs={"a": 1})
-    runner.execute(failed.pk)
+    loop.execute(failed.pk)
     failed.refresh_from_db()
     assert failed.status == Run.Status.FAILED
     broken.model = "demo"
     broken.save()
     retry = lifecycle.run_retry(run=failed)
-    runner.execute(retry.pk)
+    loop.execute(retry.pk)
     steps = {s.step: (s.status, s.reused) for s in retry.steps.all()}
     assert steps == {
         "sum": ("completed", True),
@@ -47,7 +48,7 @@ def test_a_condition_that_cannot_be_decided_fails_the_run_naming_the_step(alice)
     }
     workflow = Workflow.objects.create(owner=alice, name="W", definition=definition)
     run = workflow_start(user=alice, workflow=workflow, inputs={"x": "ten"})
-    runner.execute(run.pk)
+    loop.execute(run.pk)
     run.refresh_from_db()
     assert run.status == Run.Status.FAILED
     assert run.error.startswith("step 'check' failed:")
@@ -66,7 +67,7 @@ def test_a_step_whose_prompt_renders_past_the_message_limit_fails_naming_it(alic
     }
     workflow = Workflow.objects.create(owner=alice, name="W", definition=definition)
     run = workflow_start(user=alice, workflow=workflow, inputs={})
-    runner.execute(run.pk)
+    loop.execute(run.pk)
     run.refresh_from_db()
     assert run.status == Run.Status.FAILED
     assert run.error == (
@@ -89,7 +90,7 @@ def test_a_step_cut_off_at_the_time_limit_fails_with_the_run(alice, settings):
         }
         workflow = Workflow.objects.create(owner=alice, name="W", definition=definition)
         run = workflow_start(user=alice, workflow=workflow, inputs={})
-        runner.execute(run.pk)
+        loop.execute(run.pk)
     run.refresh_from_db()
     over = "the run took longer than its time limit (1 s)"
     assert (run.status, run.error) == (Run.Status.FAILED, over)

@@ -2,8 +2,8 @@ from django import template
 from django.utils.html import json_script
 from django.utils.safestring import mark_safe
 
-from agents.markdown import render
-from agents.models import Run
+from runs.markdown import render
+from runs.models import Run
 
 register = template.Library()
 

@@ -1,4 +1,4 @@
-"""Errors a caller can act on. Each kind carries its HTTP status and code; agents/http.py turns
+"""Errors a caller can act on. Each kind carries its HTTP status and code; runs/http.py turns
 them into responses in one place, and pages show their message."""
 
 

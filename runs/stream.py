@@ -13,6 +13,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 
 from . import eventstream, grip
 from .eventstream import Event, EventDoesNotExist, StorageBase, sse_encode_event
+from .models import Run
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ STOP_CHANNEL = "relay:run-stop"
 # newest event, and a client whose id is older than the log gets stream-reset.
 # With ARGV[6] set it also publishes the event on django-eventstream's pub/sub channel
 # (ARGV[10]), in the message format its listener reads (the field names for the channel, type,
-# data and id: ARGV[11..14], named in agents/eventstream.py), saving the round trip of a
+# data and id: ARGV[11..14], named in runs/eventstream.py), saving the round trip of a
 # separate PUBLISH. KEYS[3] marks the run's end: a terminal event (ARGV[9]) appends only if it
 # was not set yet, so a run ends once in its log whoever announces it (the process that ended
 # it, or the repair after that process died), and nothing appends after it (a late tool
@@ -179,8 +180,6 @@ def emit(run_id, event_type, **data):
     django-eventstream's send_event does in two), and through Pushpin in GRIP mode. A run's
     terminal `run.status` goes in once. A Redis outage loses the live copy only: the database
     keeps every message and the run's status."""
-    from .models import Run
-
     channel = f"run-{run_id}"
     payload = json.dumps({"run": str(run_id), **data}, cls=DjangoJSONEncoder)
     once = event_type == "run.status" and data.get("status") in Run.TERMINAL
@@ -198,6 +197,28 @@ def emit(run_id, event_type, **data):
     if grip.enabled():
         content = sse_encode_event(event_type, payload, event_id=f"{channel}:{event.id}")
         grip.publish(channel, event.id, content, close=is_terminal(event))
+
+
+def emit_delta(run_id, message_id, text):
+    """Announce `text` added to an assistant message: the one writer of message.delta, whose
+    format logged_texts() reads back."""
+    emit(run_id, "message.delta", message=message_id, text=text)
+
+
+def logged_texts(run_id):
+    """The text of each assistant message as the run's event log has it, by message id: its
+    message.delta events joined. Empty when the log is gone or no longer holds its start (Redis
+    lost it, or the cap trimmed it). The reaper salvages a lost worker's reply with it."""
+    try:
+        events = StreamStorage().get_events(f"run-{run_id}", 0, limit=settings.RUN_EVENTS_MAXLEN)
+    except (EventDoesNotExist, redis.RedisError):
+        return {}
+    texts = {}
+    for event in events:
+        if event.type == "message.delta":
+            data = json.loads(event.data)
+            texts[data["message"]] = texts.get(data["message"], "") + data["text"]
+    return texts
 
 
 def unannounced(run_ids):
@@ -245,8 +266,6 @@ def retain(run_id, owner_id):
 
 
 def is_terminal(event):
-    from .models import Run
-
     return event.type == "run.status" and json.loads(event.data)["status"] in Run.TERMINAL
 
 

@@ -2,7 +2,6 @@
 to every operation by AutoSchema from what the operation takes, and the run event stream, a
 plain Django view that drf-spectacular cannot see."""
 
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
 from drf_spectacular.plumbing import ResolvedComponent
 from drf_spectacular.utils import OpenApiResponse
@@ -95,19 +94,6 @@ class AutoSchema(SpectacularAutoSchema):
             " to try again.",
         }[status]
         return self._get_response_for_code(error(description), str(status))
-
-
-class TokenScheme(OpenApiAuthenticationExtension):
-    target_class = "agents.auth.TokenAuthentication"
-    name = "tokenAuth"
-    priority = 1  # before drf-spectacular's own scheme for DRF's TokenAuthentication
-
-    def get_security_definition(self, auto_schema):
-        return {
-            "type": "http",
-            "scheme": "bearer",
-            "description": "`Authorization: Bearer <key>` (or `Token <key>`).",
-        }
 
 
 def _object(**properties):
@@ -222,7 +208,7 @@ def _drop_any_or_null(schema):
 
 
 def complete_schema(result, generator, request, public):
-    """drf-spectacular postprocessing hook: describe agents.events.run_events (and mend the
+    """drf-spectacular postprocessing hook: describe runs.events.run_events (and mend the
     nullable JSON fields)."""
     _drop_any_or_null(result)
     error_ref = {"$ref": "#/components/schemas/Error"}

@@ -14,7 +14,6 @@ from django.utils import timezone
 from . import stream
 from .lifecycle import run_finish, send_run_task
 from .models import Message, Run
-from .runner import logged_texts
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ def _salvage_reply(run):
     unfinished = run.messages.filter(role=Message.Role.ASSISTANT, content="", tool_calls=[])
     if not unfinished:
         return
-    texts = logged_texts(run.pk)
+    texts = stream.logged_texts(run.pk)
     for message in unfinished:
         if texts.get(message.pk):
             message.content = texts[message.pk]

@@ -1,6 +1,6 @@
 """The run event stream over SSE: /api/runs/<id>/events/.
 
-The events come from django-eventstream (through agents/eventstream.py, the one module that
+The events come from django-eventstream (through runs/eventstream.py, the one module that
 uses its internals): its storage interface (our Redis Streams log), its listener manager fed
 by Redis pub/sub for live delivery, its SSE encoding. The loop that feeds a connection is
 ours, because the library's resends events and lets ids go backwards when a reconnect meets
@@ -11,7 +11,7 @@ id already written is dropped.
 The view is async and reads the database and the log through the shared executor, so an open
 stream holds no thread and no database connection while it waits (config/asgi.py keeps
 Django's handler from giving it a thread of its own). In GRIP mode a request that came through
-Pushpin is answered at once (`_held`) and Pushpin holds the connection: agents/grip.py.
+Pushpin is answered at once (`_held`) and Pushpin holds the connection: runs/grip.py.
 """
 
 import asyncio
@@ -26,9 +26,10 @@ from django.db import connection
 from django.http import HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET
 from rest_framework.exceptions import APIException
+from rest_framework.request import Request
+from rest_framework.settings import api_settings
 
 from . import eventstream, grip, stream
-from .auth import TokenAuthentication
 from .eventstream import EventDoesNotExist, sse_encode_event
 from .models import Run
 from .stream import StreamStorage, is_terminal
@@ -102,7 +103,7 @@ def last_event_id(request, channel, recovery=False):
     name, _, number = raw.rpartition(":")
     if name not in ("", channel) or not (number.isascii() and number.isdigit()):
         raise ValueError(f"Last-Event-ID must be {channel}:<number>, not {raw[:200]!r}.")
-    # Redis takes stream ids below 2^64; ours stay below 2^53 (agents/stream.py)
+    # Redis takes stream ids below 2^64; ours stay below 2^53 (runs/stream.py)
     if len(number) > 19 or int(number) > MAX_EVENT_ID:
         raise ValueError(f"Last-Event-ID's number must be at most {MAX_EVENT_ID}.")
     return int(number)
@@ -114,10 +115,9 @@ def _open(request, run_id, last_id, *, counted):
     streams, when the stream should open."""
     try:
         try:
-            authenticated = TokenAuthentication().authenticate(request)
+            user = authenticated_user(request)
         except APIException as exc:  # a wrong key (401), or too many of them (429)
             return JsonResponse({"detail": str(exc.detail)}, status=exc.status_code)
-        user = authenticated[0] if authenticated else request.user
         if not user.is_authenticated:
             return JsonResponse(
                 {"detail": "Authentication credentials were not provided."}, status=401
@@ -140,6 +140,13 @@ def _open(request, run_id, last_id, *, counted):
             status=429,
         )  # fmt: skip
     return user_id, slot
+
+
+def authenticated_user(request):
+    """The user the request authenticates as, by the API's own authentication classes (an API
+    key, or the session): this view is not a DRF view, but accepts what the API accepts."""
+    authenticators = [auth() for auth in api_settings.DEFAULT_AUTHENTICATION_CLASSES]
+    return Request(request, authenticators=authenticators).user
 
 
 def _not_found():

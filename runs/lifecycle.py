@@ -10,6 +10,7 @@ import time
 from datetime import timedelta
 
 import redis
+from celery import current_app
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
@@ -17,33 +18,35 @@ from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from . import stream
-from .errors import QueueUnavailable, ServiceConflict, ServiceError, ThreadBusy, TooManyRuns
+from . import kinds, stream
+from .errors import QueueUnavailable, ServiceConflict, ThreadBusy, TooManyRuns
 from .models import Run, Thread
 
 log = logging.getLogger(__name__)
+
+EXECUTE_RUN_TASK = "runs.tasks.execute_run_task"
 
 
 def run_start(
     *,
     user,
+    kind,
     thread=None,
     title="",
     message="",
-    agent=None,
     if_busy="reject",
     trigger=Run.Trigger.API,
-    **workflow,
+    retry_of=None,
+    **details,
 ):
-    """Save the user's message (if any) and a queued run, and enqueue it once that is committed.
-    A workflow run passes its `workflow`, `definition`, `inputs` (and `retry_of`).
-    `if_busy="interrupt"` stops the thread's active run first; otherwise a busy thread raises
-    ThreadBusy. With no `thread`, a new one (called `title`) is made in the same transaction, so
-    a refused start leaves none. A queue that refuses the run raises QueueUnavailable (from the
-    commit of the outermost transaction) and leaves nothing saved."""
-    agent = agent or (thread and thread.agent)
-    if agent is None and not workflow:
-        raise ServiceError("This thread has no agent; name one.", field="agent")
+    """Save the user's message (if any) and a queued run of `kind` (a name in runs.kinds), and
+    enqueue it once that is committed. The kind checks `details` first and saves them beside the
+    run. `if_busy="interrupt"` stops the thread's active run first; otherwise a busy thread
+    raises ThreadBusy. With no `thread`, a new one (called `title`) is made in the same
+    transaction, so a refused start leaves none. A queue that refuses the run raises
+    QueueUnavailable (from the commit of the outermost transaction) and leaves nothing saved."""
+    kind = kinds.get(kind)
+    details = kind.check(user=user, thread=thread, **details)
     if thread and if_busy == "interrupt":
         _interrupt(thread)
     try:
@@ -52,7 +55,7 @@ def run_start(
             get_user_model().objects.select_for_update().filter(pk=user.pk).first()
             made_thread = thread is None
             if made_thread:
-                thread = Thread.objects.create(owner=user, agent=agent, title=title[:200])
+                thread = Thread.objects.create(owner=user, title=title[:200])
             active = Run.objects.active_on(thread).first()
             if active:
                 raise ThreadBusy(
@@ -64,12 +67,13 @@ def run_start(
                     " wait for one to end or stop one."
                 )
             run = Run.objects.create(
-                owner=user, thread=thread, agent=agent, trigger=trigger, **workflow
+                owner=user, thread=thread, kind=kind.name, trigger=trigger, retry_of=retry_of
             )
+            kind.attach(run, made_thread=made_thread, **details)
             if message:
                 thread.append_message(role="user", content=message, run=run)
             if not thread.title:
-                thread.title = (message.strip().splitlines() or [str(run.workflow)])[0][:80]
+                thread.title = (message.strip().splitlines() or [title])[0][:80]
             thread.save(update_fields=["title", "updated"])
             # A worker must find the run it is sent, and a start rolled back sends nothing.
             transaction.on_commit(lambda: _enqueue(run, made_thread=made_thread))
@@ -115,11 +119,11 @@ def _enqueue(run, *, made_thread):
 
 
 def send_run_task(run_id):
-    """Send the task that executes the run. Call it on commit: the worker reads the run."""
-    # Imported here: the tasks module imports the runner, which imports this module.
-    from .tasks import execute_run_task
+    """Send the task that executes the run. Call it on commit: the worker reads the run.
 
-    execute_run_task.delay(str(run_id))
+    The task is found by its name, in Celery's registry (runs/tasks.py registers it when the app
+    is ready): it executes runs through the loop, which ends them through this module."""
+    current_app.tasks[EXECUTE_RUN_TASK].delay(str(run_id))
 
 
 def run_claim(*, run_id, worker):
@@ -133,7 +137,7 @@ def run_claim(*, run_id, worker):
         lease_expires=now + timedelta(seconds=settings.RUN_LEASE_SECONDS),
         started=now,
     )
-    run = Run.objects.select_related("agent", "thread").filter(pk=run_id).first()
+    run = Run.objects.select_related("thread").filter(pk=run_id).first()
     if run is None:
         return None
     if not claimed:
@@ -186,17 +190,16 @@ def run_finish(*, run, status, error="", where=None, usage=None):
 
 
 def run_retry(*, run):
-    """Start a failed workflow run again: the new run reuses the outputs of the steps that
-    completed and continues from the one that failed."""
-    if run.definition is None or run.status != Run.Status.FAILED:
-        raise ServiceConflict("Only a failed workflow run can be retried.")
+    """Start a failed run again, on its thread, if its kind can: a workflow run reuses the
+    outputs of the steps that completed and continues from the one that failed."""
+    if run.status != Run.Status.FAILED:
+        raise ServiceConflict("Only a failed run can be retried.")
+    details = kinds.get(run.kind).retry(run)
     return run_start(
         user=run.owner,
+        kind=run.kind,
         thread=run.thread,
-        agent=run.agent,
         trigger=run.trigger,
-        workflow=run.workflow,
-        definition=run.definition,
-        inputs=run.inputs,
         retry_of=run,
+        **details,
     )

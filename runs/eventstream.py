@@ -5,7 +5,7 @@ are all here:
 
 - its storage interface (StorageBase, Event, EventDoesNotExist) and its SSE encoding;
 - its pub/sub message format: the channel its Redis listener subscribes to and the fields of
-  a message, which agents/stream.py's append script publishes (the script takes them as
+  a message, which runs/stream.py's append script publishes (the script takes them as
   arguments, so they are named only here);
 - its listener manager, through `subscribe`: a connection's live events, in batches, with
   whether some were dropped and the wake-up when more come;

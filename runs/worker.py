@@ -15,7 +15,6 @@ from django.db import connection
 from django.utils import timezone
 
 from . import stream
-from .llm import StopSignal
 from .models import Run
 
 log = logging.getLogger(__name__)
@@ -23,6 +22,46 @@ log = logging.getLogger(__name__)
 # The flag poll backs up the pub/sub nudge (lost while Redis reconnects), so a stop lands
 # within this long even then.
 STOP_POLL_SECONDS = 0.5
+
+
+class StopSignal:
+    """Set when the run must stop. Models wait on it instead of sleeping, and register
+    callbacks that abort blocking I/O (closing a socket) so a stop lands within a second."""
+
+    def __init__(self):
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks = []
+
+    def is_set(self):
+        return self._event.is_set()
+
+    def wait(self, timeout):
+        return self._event.wait(timeout)
+
+    def set(self):
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def on_stop(self, callback):
+        """Call `callback` once when the signal is set (at once if it already is).
+        Returns a function that unregisters it."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+                return lambda: self._discard(callback)
+        callback()
+        return lambda: None
+
+    def _discard(self, callback):
+        with self._lock:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
 
 
 class Lease:

@@ -1,0 +1,60 @@
+"""Threads, their messages and runs in the admin. A run's lifecycle belongs to the workers and the
+stop service, so its columns are read-only here. The apps that keep rows beside runs and threads
+add their inlines to these admins (ThreadAdmin.inlines, RunAdmin.inlines) from their own admin
+modules."""
+
+from django.contrib import admin
+
+from .models import Message, Run, Thread
+
+
+class ReadOnlyInline(admin.TabularInline):
+    """A record kept by the system: shown, never edited by hand."""
+
+    extra = 0
+    can_delete = False
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+class MessageInline(ReadOnlyInline):
+    model = Message
+    fields = ["position", "role", "content", "name", "tool_calls", "is_error", "created"]
+    ordering = ["position"]
+
+
+class RunInline(ReadOnlyInline):
+    model = Run
+    fields = ["id", "kind", "status", "trigger", "error", "created", "finished"]
+    show_change_link = True
+
+
+@admin.register(Thread)
+class ThreadAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "owner", "updated"]
+    search_fields = ["title", "owner__username"]
+    inlines = [RunInline, MessageInline]
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "thread", "role", "run", "created"]
+    list_filter = ["role"]
+    raw_id_fields = ["thread", "run"]
+
+
+@admin.register(Run)
+class RunAdmin(admin.ModelAdmin):
+    list_display = ["id", "owner", "thread", "kind", "status", "trigger", "created", "finished"]
+    list_filter = ["kind", "status", "trigger"]
+    search_fields = ["id", "owner__username", "error"]
+    raw_id_fields = ["thread", "owner", "retry_of"]
+    readonly_fields = [
+        "kind", "status", "error", "attempt", "lease_owner", "lease_expires", "stop_requested",
+        "requeued", "input_tokens", "output_tokens", "created", "started", "finished",
+    ]  # fmt: skip
+    inlines = [MessageInline]

@@ -1,0 +1,128 @@
+"""What a worker does with every run, whatever its kind: claim it, hand it to its kind's loop,
+and end it with one terminal status. RunLoop is the loop's base class: the time limit, stop,
+usage, and that one status; a kind's loop writes `body()`.
+
+A run spends its life waiting (on a model, a tool), so it holds no database connection while
+it waits: every database step goes through `closing_connection()`, which closes the connection
+after it."""
+
+import contextlib
+import logging
+import time
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import connection
+from django.db.models import Q
+
+from . import kinds, stream
+from .lifecycle import run_claim, run_finish
+from .models import Run
+from .worker import worker
+
+log = logging.getLogger(__name__)
+
+
+def storable_text(text):
+    """Text from a model or a tool, with its NUL characters replaced: PostgreSQL refuses them."""
+    return text.replace("\x00", "\ufffd") if text else text
+
+
+class Stopped(Exception):
+    pass
+
+
+class RunFailed(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def closing_connection():
+    try:
+        yield
+    finally:
+        connection.close()
+
+
+def execute(run_id):
+    with closing_connection():
+        run = run_claim(run_id=run_id, worker=worker.id)
+    if run is None:
+        return
+    try:
+        loop = kinds.get(run.kind).loop
+    except LookupError as exc:  # the app that knew the kind is no longer installed
+        with closing_connection():
+            run_finish(run=run, status=Run.Status.FAILED, error=str(exc))
+        return
+    lease = worker.hold(run.pk, time.monotonic() + settings.RUN_TIME_LIMIT)
+    try:
+        loop(run, lease).execute()
+    finally:
+        lease.release()
+
+
+class RunLoop:
+    """What every run does around its body: the time limit, stop, usage, and one terminal
+    status. A kind's loop writes `body()`, raising Stopped when `stop` is set and RunFailed
+    (with the reason) when the run cannot go on.
+
+    The worker holds the run's `lease`: it sets `stop` at the deadline (so a model that says
+    nothing is cut off too), and when the run turns out not to be ours any more, after which
+    the loop writes nothing (`lease.held()`)."""
+
+    def __init__(self, run, lease):
+        self.run = run
+        self.thread = run.thread
+        self.lease = lease
+        self.stop = lease.stop
+        self.deadline = lease.deadline
+        self.input_tokens = 0
+        self.output_tokens = 0
+
+    def body(self):
+        raise NotImplementedError
+
+    def execute(self):
+        status, error = Run.Status.COMPLETED, ""
+        try:
+            self.body()
+        except Stopped:
+            if self.lease.expired:  # the worker cut the run off at its deadline
+                status, error = Run.Status.FAILED, self._over_time()
+            else:
+                status = Run.Status.STOPPED
+        except RunFailed as exc:
+            status, error = Run.Status.FAILED, str(exc)
+        except SoftTimeLimitExceeded:  # Celery's limit, under the prefork pool
+            status, error = Run.Status.FAILED, self._over_time()
+        except Exception as exc:
+            log.exception("run %s failed", self.run.pk)
+            status, error = Run.Status.FAILED, f"internal error: {type(exc).__name__}: {exc}"
+        if not self.lease.held():
+            log.warning("run %s: lost its lease; whoever took it ends it", self.run.pk)
+            return
+        if self.input_tokens or self.output_tokens:
+            stream.emit(
+                self.run.pk,
+                "usage",
+                input_tokens=self.input_tokens,
+                output_tokens=self.output_tokens,
+            )
+        with closing_connection():
+            run_finish(
+                run=self.run,
+                status=status,
+                error=error,
+                where=Q(attempt=self.run.attempt),
+                usage=(self.input_tokens, self.output_tokens),
+            )
+
+    def _check(self):
+        if self.stop.is_set():
+            raise Stopped
+        if time.monotonic() > self.deadline:
+            raise RunFailed(self._over_time())
+
+    def _over_time(self):
+        return f"the run took longer than its time limit ({settings.RUN_TIME_LIMIT} s)"
