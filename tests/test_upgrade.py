@@ -39,13 +39,30 @@ DROPPED_TABLES = {
 }
 # Bookkeeping that migrations rewrite by design (0006 deletes authtoken's rows), not data.
 NOT_COMPARED = {"django_migrations"}
+# Models that move to another app, (old app, model): new app. Their content types (which
+# permissions and the admin's log point at) move with them: the same rows, relabelled.
+MOVED_MODELS = {
+    ("agents", "thread"): "runs",
+    ("agents", "message"): "runs",
+    ("agents", "run"): "runs",
+}
 # A model that moves to another app keeps its table (Meta.db_table) or its migration renames
 # it: name the rename here, old table: new table.
-RENAMED_TABLES = {}
+RENAMED_TABLES = {
+    "agents_thread": "runs_thread",
+    "agents_message": "runs_message",
+    "agents_run": "runs_run",
+}
 # A column that moves to another table, (old table, column): (new table, the new table's column
 # holding the old row's primary key, new column); e.g. a run's workflow moving to a
 # workflows-owned row linked to the run.
-MOVED_COLUMNS = {}
+MOVED_COLUMNS = {
+    ("agents_thread", "agent_id"): ("agents_threadagent", "thread_id", "agent_id"),
+    ("agents_run", "agent_id"): ("agents_runagent", "run_id", "agent_id"),
+    ("agents_run", "workflow_id"): ("workflows_workflowrun", "run_id", "workflow_id"),
+    ("agents_run", "definition"): ("workflows_workflowrun", "run_id", "definition"),
+    ("agents_run", "inputs"): ("workflows_workflowrun", "run_id", "inputs"),
+}
 # Answers that depend on the clock, not on the data.
 VOLATILE = {"next_fires"}
 NOT_FOUND = "404"  # what another user's object must answer
@@ -188,6 +205,8 @@ def lost_rows(before, after):
                     where = f"{moved_to}.{moved_column}"
                 else:
                     now, where = new["rows"][key][column], column
+                if table == "django_content_type" and column == "app_label":
+                    value = MOVED_MODELS.get((value, row["model"]), value)
                 if now != value:
                     lost.append(f"{table} {key} {column}: {value!r}, now {where} = {now!r}")
     return lost
