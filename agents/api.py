@@ -62,7 +62,9 @@ class AgentSerializer(serializers.ModelSerializer):
 
 def run_agent_field():
     """A run's `agent` (runs' RunSerializer shows it: agents/apps.py)."""
-    return serializers.PrimaryKeyRelatedField(source="agent_link.agent", read_only=True)
+    return serializers.PrimaryKeyRelatedField(
+        source="agent_link.agent", read_only=True, allow_null=True
+    )
 
 
 class ThreadSerializer(serializers.ModelSerializer):

@@ -16,9 +16,9 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from agents.models import create_thread
+from agents.services import agent_start
 from config import urls
 from runs import http, stream
-from runs.lifecycle import run_start
 from runs.openapi import EVENTS
 from scheduling.models import Schedule
 from workflows.models import Workflow
@@ -155,7 +155,7 @@ def fuzzed(transactional_db, tmp_path):
 @pytest.mark.timeout(RUN_TIMEOUT + 60)
 def test_the_live_api_answers_as_its_schema_says(fuzzed, alice, tmp_path):
     thread = create_thread(owner=alice, agent=alice.agents.get())
-    run_start(user=alice, thread=thread, message="Hello")
+    agent_start(user=alice, thread=thread, message="Hello")
     workflow = Workflow.objects.create(owner=alice, name="Divide", definition=DIVIDE)
     workflow_start(user=alice, workflow=workflow, inputs={"by": 0})  # fails: one to retry
     Schedule.objects.create(

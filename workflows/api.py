@@ -59,7 +59,9 @@ class StepRunSerializer(serializers.ModelSerializer):
 def run_workflow_field():
     """A run's `workflow` (runs' RunSerializer shows it: workflows/apps.py); null for a run of
     another kind."""
-    return serializers.PrimaryKeyRelatedField(source="workflow_run.workflow", read_only=True)
+    return serializers.PrimaryKeyRelatedField(
+        source="workflow_run.workflow", read_only=True, allow_null=True
+    )
 
 
 class RunStepsView(generics.ListAPIView):

@@ -48,7 +48,7 @@ class WorkflowRun(models.Model):
         "runs.Run", models.CASCADE, primary_key=True, related_name="workflow_run"
     )
     workflow = models.ForeignKey(
-        Workflow, models.SET_NULL, null=True, blank=True, related_name="runs"
+        Workflow, models.SET_NULL, null=True, blank=True, related_name="started_runs"
     )
     definition = models.JSONField()
     inputs = models.JSONField(default=dict, blank=True)

@@ -126,13 +126,13 @@ def test_it_sanitizes_reply_markdown_and_keeps_code_readable():
 def test_the_admin_shows_threads_runs_and_their_records(alice, admin_client, thread):
     run = services.agent_start(user=alice, thread=thread, message="Go")
     for url in [
-        f"/admin/agents/thread/{thread.pk}/change/",
-        f"/admin/agents/run/{run.pk}/change/",
-        "/admin/agents/run/?status__exact=queued",
+        f"/admin/runs/thread/{thread.pk}/change/",
+        f"/admin/runs/run/{run.pk}/change/",
+        "/admin/runs/run/?status__exact=queued",
         "/admin/workflows/workflow/add/",
     ]:
         assert admin_client.get(url).status_code == 200, url
-    page = admin_client.get(f"/admin/agents/run/{run.pk}/change/").content.decode()
+    page = admin_client.get(f"/admin/runs/run/{run.pk}/change/").content.decode()
     assert "Go" in page  # its messages, inline
 
 

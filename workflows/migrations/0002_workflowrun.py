@@ -35,7 +35,7 @@ class Migration(migrations.Migration):
                 ("run", models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name="workflow_run", serialize=False, to="agents.run")),
                 ("definition", models.JSONField()),
                 ("inputs", models.JSONField(blank=True, default=dict)),
-                ("workflow", models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name="runs", to="workflows.workflow")),
+                ("workflow", models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name="started_runs", to="workflows.workflow")),
             ],
         ),
         migrations.RunPython(move_out, move_back),
