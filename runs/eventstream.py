@@ -1,5 +1,5 @@
 """Relay's one seam with django-eventstream (the version range in pyproject.toml is the one
-tests/agents/test_eventstream_seam.py checks). Beyond the documented storage interface the
+tests/runs/test_eventstream_seam.py checks). Beyond the documented storage interface the
 library has no API for what the event stream needs, so the parts of its internals Relay uses
 are all here:
 
