@@ -1,12 +1,15 @@
 """Fault: the worker process is killed (SIGKILL) at random moments of its runs, and a new one
 started, as a supervisor would; beat sends the reaper."""
 
+import math
 import random
 import signal
 import time
 from collections import Counter
 
 import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.test import override_settings
 
 from agents import services
@@ -36,13 +39,20 @@ def tool_calls_per_attempt(events):
 
 @override_settings(RUN_MAX_ACTIVE_PER_USER=RUNS)
 def test_every_run_ends_once_when_its_worker_is_killed(live, alice):
+    # The runs' logs are read at the end, and a user keeps the logs of their newest
+    # RUN_EVENTS_RETAINED_PER_USER ended runs only: the runs are shared among enough users.
+    users = [alice] + [
+        get_user_model().objects.create_user(f"user{n}")
+        for n in range(math.ceil(RUNS / settings.RUN_EVENTS_RETAINED_PER_USER))
+    ]
     runs = []
     live.start_beat()
     try:
         for i in range(0, RUNS, PER_KILL):
-            threads = [new_thread(alice, words=8, delay_ms=150) for _ in range(PER_KILL)]
+            user = users[i // PER_KILL % len(users)]
+            threads = [new_thread(user, words=8, delay_ms=150) for _ in range(PER_KILL)]
             batch = [
-                services.agent_start(user=alice, thread=t, message=PROMPTS[(i + n) % 2]).pk
+                services.agent_start(user=user, thread=t, message=PROMPTS[(i + n) % 2]).pk
                 for n, t in enumerate(threads)
             ]
             runs += batch
