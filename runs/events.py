@@ -293,8 +293,8 @@ async def thread_events(request, thread_id):
     active when it opens, then each run that starts on the thread (`run.started`), so a page
     follows a run started elsewhere (another tab, the API, a schedule) without polling. It has
     no log and no ids: what a client missed while away is the thread's active run, which the
-    stream tells again at each connection. The web process holds it in GRIP mode too (Pushpin
-    passes a response without Grip- headers through), so it always takes a slot."""
+    stream tells again at each connection. The web processes hold it in GRIP mode too (nginx
+    sends it to them, not to Pushpin: deploy/nginx/relay.conf), so it always takes a slot."""
     opened = sync_to_async(_open_thread, thread_sensitive=False)
     try:
         outcome = await opened(request, thread_id)
