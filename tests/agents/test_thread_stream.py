@@ -4,7 +4,9 @@ pages at once, against the live web and worker processes."""
 import contextlib
 
 import httpx
+import psutil
 import pytest
+from django.db import connection
 
 from runs import stream
 from runs.models import Run
@@ -137,3 +139,25 @@ def opened_run(live, run_id, headers):
     ):
         assert response.status_code == 200
         yield response
+
+
+def test_forty_open_thread_streams_hold_no_database_connection_or_thread(live, live_api, alice):
+    thread = new_thread(alice, words=3)
+    with contextlib.ExitStack() as held:
+        streams = [held.enter_context(opened(live, thread.pk, live_api))[1] for _ in range(40)]
+        for events in streams:
+            assert next(events).type == "stream-open"
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "select count(*) from pg_stat_activity where datname = current_database()"
+                    " and pid <> pg_backend_pid()"
+                )
+                # the pools of the web and worker processes (a few each), not one per stream
+                assert cursor.fetchone()[0] < 20
+        # the executors' few threads, none per stream (config/asgi.py routes them so)
+        assert psutil.Process(live.processes["web"].pid).num_threads() < 20
+        run_id = start(live, live_api, thread)
+        told = [next(events).json["run"] for events in streams]
+    assert told == [run_id] * 40
+    wait_for_status(run_id, Run.TERMINAL)
