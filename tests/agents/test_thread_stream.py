@@ -7,6 +7,7 @@ import httpx
 import psutil
 import pytest
 from django.db import connection
+from rest_framework.test import APIClient
 
 from runs import stream
 from runs.models import Run
@@ -161,3 +162,15 @@ def test_forty_open_thread_streams_hold_no_database_connection_or_thread(live, l
         told = [next(events).json["run"] for events in streams]
     assert told == [run_id] * 40
     wait_for_status(run_id, Run.TERMINAL)
+
+
+def test_the_schema_describes_the_thread_stream():
+    operation = (
+        APIClient()
+        .get("/api/schema/?format=json")
+        .json()["paths"]["/api/threads/{thread_id}/events/"]["get"]
+    )
+    assert operation["operationId"] == "threads_events"
+    assert "text/event-stream" in operation["responses"]["200"]["content"]
+    assert {"401", "404", "429"} <= set(operation["responses"])
+    assert "| `run.started` | `run`, `thread` |" in operation["description"]
