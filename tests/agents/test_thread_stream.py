@@ -1,15 +1,19 @@
 """A thread's stream (/api/threads/<id>/events/): the runs that start on the thread, told to its
 pages at once, against the live web and worker processes."""
 
+import asyncio
 import contextlib
+import json
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psutil
 import pytest
 from django.db import connection
+from django_eventstream import views
 from rest_framework.test import APIClient
 
-from runs import stream
+from runs import eventstream, stream
 from runs.models import Run
 
 from conftest import bearer, new_thread, start, wait_for, wait_for_status
@@ -174,3 +178,32 @@ def test_the_schema_describes_the_thread_stream():
     assert "text/event-stream" in operation["responses"]["200"]["content"]
     assert {"401", "404", "429"} <= set(operation["responses"])
     assert "| `run.started` | `run`, `thread` |" in operation["description"]
+
+
+def test_a_process_first_stream_listens_before_it_reads_the_database(
+    own_redis, settings, monkeypatch
+):
+    """A process' pub/sub listener connects once its first subscription has started it: the
+    thread stream waits for it (Subscription.listening) before it reads the active run, or a
+    run announced in between would reach no one."""
+    settings.EVENTSTREAM_REDIS = {**settings.EVENTSTREAM_REDIS, "port": own_redis.port, "db": 0}
+    monkeypatch.setattr(views, "listener_manager", views.ListenerManager())  # a fresh process'
+    eventstream.install_resilient_listener()
+    channel = stream.thread_channel(7)
+
+    async def scenario():
+        with eventstream.subscribe(channel, user_id=7) as live:
+            await live.listening(WAIT)
+            stream.client().publish(eventstream.PUBSUB_CHANNEL, announcement(channel))
+            assert await live.wait(WAIT), "the announcement did not come"
+            return live.take()
+
+    with ThreadPoolExecutor(1) as executor:  # Playwright may hold an event loop in this thread
+        queued, missed = executor.submit(asyncio.run, scenario()).result(timeout=60)
+    assert [(e.channel, e.type) for e in queued] == [(channel, "run.started")]
+    assert not missed
+
+
+def announcement(channel):
+    fields = (channel, "run.started", '{"run": "x", "thread": 7}', None)
+    return json.dumps(dict(zip(eventstream.MESSAGE_FIELDS, fields, strict=True)))
