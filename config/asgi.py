@@ -7,7 +7,7 @@ from django.core.handlers.asgi import ASGIHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-EVENT_STREAM = re.compile(r"/api/runs/[^/]+/events/")
+EVENT_STREAM = re.compile(r"/api/(?:runs|threads)/[^/]+/events/")
 CHUNK = 64 * 1024  # what a thread reads at a time from a synchronous response
 
 

@@ -1,4 +1,5 @@
-"""The run event stream over SSE: /api/runs/<id>/events/.
+"""The run event stream over SSE, /api/runs/<id>/events/, and a thread's, which tells its pages
+of the runs that start on it (`thread_events`).
 
 The events come from django-eventstream (through runs/eventstream.py, the one module that
 uses its internals): its storage interface (our Redis Streams log), its listener manager fed
@@ -16,6 +17,7 @@ Pushpin is answered at once (`_held`) and Pushpin holds the connection: runs/gri
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 
@@ -31,7 +33,7 @@ from rest_framework.settings import api_settings
 
 from . import eventstream, grip, stream
 from .eventstream import EventDoesNotExist, sse_encode_event
-from .models import Run
+from .models import Run, Thread
 from .stream import StreamStorage, is_terminal
 
 log = logging.getLogger(__name__)
@@ -114,14 +116,9 @@ def _open(request, run_id, last_id, *, counted):
     and, when `counted` (the web process holds the stream), its slot among the user's open
     streams, when the stream should open."""
     try:
-        try:
-            user = authenticated_user(request)
-        except APIException as exc:  # a wrong key (401), or too many of them (429)
-            return JsonResponse({"detail": str(exc.detail)}, status=exc.status_code)
-        if not user.is_authenticated:
-            return JsonResponse(
-                {"detail": "Authentication credentials were not provided."}, status=401
-            )
+        user = _user_or_refusal(request)
+        if isinstance(user, HttpResponseBase):
+            return user
         status = Run.objects.filter(pk=run_id, owner=user).values_list("status", flat=True).first()
         if status is None:
             return _not_found()
@@ -131,6 +128,23 @@ def _open(request, run_id, last_id, *, counted):
     settled = _settled(f"run-{run_id}", last_id, status)
     if settled or not counted:
         return settled or (user_id, None)
+    return _slot_or_refusal(user_id)
+
+
+def _user_or_refusal(request):
+    """The authenticated user, or the response refusing the request (401, or 429 for too many
+    failed authentications)."""
+    try:
+        user = authenticated_user(request)
+    except APIException as exc:  # a wrong key (401), or too many of them (429)
+        return JsonResponse({"detail": str(exc.detail)}, status=exc.status_code)
+    if not user.is_authenticated:
+        return JsonResponse({"detail": "Authentication credentials were not provided."}, status=401)
+    return user
+
+
+def _slot_or_refusal(user_id):
+    """The user's id and a slot among their open streams, or 429 at SSE_MAX_STREAMS_PER_USER."""
     slot = stream.stream_slot_take(user_id)
     if slot is None:
         cap = settings.SSE_MAX_STREAMS_PER_USER
@@ -270,6 +284,86 @@ async def _stream(channel, last_id, *, user_id, slot):
                     yield ": keep-alive\n\n"
     finally:
         # in a thread, not awaited: the stream may be ending by cancellation
+        asyncio.get_running_loop().run_in_executor(None, _free, user_id, slot)
+
+
+@require_GET
+async def thread_events(request, thread_id):
+    """A thread's stream: /api/threads/<id>/events/. It tells the thread's pages which run is
+    active when it opens, then each run that starts on the thread (`run.started`), so a page
+    follows a run started elsewhere (another tab, the API, a schedule) without polling. It has
+    no log and no ids: what a client missed while away is the thread's active run, which the
+    stream tells again at each connection. The web processes hold it in GRIP mode too (nginx
+    sends it to them, not to Pushpin: deploy/nginx/relay.conf), so it always takes a slot."""
+    opened = sync_to_async(_open_thread, thread_sensitive=False)
+    try:
+        outcome = await opened(request, thread_id)
+    except redis.RedisError:
+        return JsonResponse(
+            {"detail": "The event stream is unavailable; retry shortly."}, status=503
+        )
+    if isinstance(outcome, HttpResponseBase):
+        return outcome
+    user_id, slot = outcome
+    return event_stream(_thread_stream(thread_id, user_id=user_id, slot=slot))
+
+
+def _open_thread(request, thread_id):
+    try:
+        user = _user_or_refusal(request)
+        if isinstance(user, HttpResponseBase):
+            return user
+        if not Thread.objects.filter(pk=thread_id, owner=user).exists():
+            return _not_found()
+        user_id = user.pk
+    finally:
+        connection.close()
+    return _slot_or_refusal(user_id)
+
+
+def _active_run(thread_id):
+    try:
+        return Run.objects.active_on(thread_id).values_list("pk", flat=True).first()
+    finally:
+        connection.close()
+
+
+def _run_started(thread_id, run_id):
+    data = {"run": str(run_id), "thread": thread_id}
+    return sse_encode_event("run.started", data, json_encode=True)
+
+
+async def _thread_stream(thread_id, *, user_id, slot):
+    active_run = sync_to_async(_active_run, thread_sensitive=False)
+    renew = sync_to_async(_renew, thread_sensitive=False)
+    renew_at = time.monotonic() + settings.SSE_KEEPALIVE_SECONDS
+    try:
+        # Listen before reading the active run: a run committed before the read is in the
+        # database, one committed after it is announced (on commit) to this subscription.
+        with eventstream.subscribe(stream.thread_channel(thread_id), user_id) as live:
+            await live.listening(settings.SSE_KEEPALIVE_SECONDS)
+            yield OPENING
+            told, missed = None, True
+            while True:
+                if missed:  # at the start, and when the pub/sub connection was lost
+                    run_id = await active_run(thread_id)
+                    if run_id is not None and str(run_id) != told:
+                        told = str(run_id)
+                        yield _run_started(thread_id, run_id)
+                queued, missed = live.take()
+                for event in queued:
+                    run_id = json.loads(event.data)["run"]
+                    if run_id != told:  # told already by the database
+                        told = run_id
+                        yield sse_encode_event(event.type, event.data)
+                if missed:
+                    continue
+                if time.monotonic() >= renew_at:
+                    await renew(user_id, slot)
+                    renew_at = time.monotonic() + settings.SSE_KEEPALIVE_SECONDS
+                if not await live.wait(settings.SSE_KEEPALIVE_SECONDS):
+                    yield ": keep-alive\n\n"
+    finally:
         asyncio.get_running_loop().run_in_executor(None, _free, user_id, slot)
 
 

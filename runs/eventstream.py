@@ -8,7 +8,8 @@ are all here:
   a message, which runs/stream.py's append script publishes (the script takes them as
   arguments, so they are named only here);
 - its listener manager, through `subscribe`: a connection's live events, in batches, with
-  whether some were dropped and the wake-up when more come;
+  whether some were dropped and the wake-up when more come, and whether the process' pub/sub
+  listener has subscribed yet;
 - its listener manager's pub/sub listener, replaced by `ResilientRedisListener` (from
   AgentsConfig.ready()), which reads that format.
 """
@@ -17,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 
 import redis
 import redis.asyncio
@@ -56,6 +58,16 @@ class Subscription:
             self._listener.overflow = False
             self._listener.aevent.clear()
         return queued, missed
+
+    async def listening(self, timeout):
+        """Wait (up to `timeout` seconds) until the process' pub/sub listener has subscribed,
+        so that what is published from then on reaches this subscription. Only a process'
+        first subscriptions wait: the listener connects once the first one has started it. (A
+        later loss of the connection is said by `take`.)"""
+        listener = views.get_listener_manager().redis_listener
+        deadline = time.monotonic() + timeout
+        while not getattr(listener, "subscribed", True) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     async def wait(self, timeout):
         """Whether there is something to take before `timeout` seconds are up."""

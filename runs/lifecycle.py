@@ -101,10 +101,11 @@ def _interrupt(thread):
 
 
 def _enqueue(run, *, made_thread):
-    """Announce the committed run and send its task. When the broker is down the start is
-    refused and saves nothing: the run's log gets its end, for a client already following it,
-    and what the start committed is deleted again."""
+    """Announce the committed run (on its own stream and on its thread's) and send its task.
+    When the broker is down the start is refused and saves nothing: the run's log gets its end,
+    for a client already following it, and what the start committed is deleted again."""
     stream.emit(run.id, "run.status", status=run.status, error="")
+    stream.announce_run_started(run)
     try:
         send_run_task(run.id)
     except Exception as exc:

@@ -1,6 +1,6 @@
 """The OpenAPI schema's shared parts (/api/schema/, drf-spectacular): the error responses, added
-to every operation by AutoSchema from what the operation takes, and the run event stream, a
-plain Django view that drf-spectacular cannot see."""
+to every operation by AutoSchema from what the operation takes, and the event streams of runs and
+of threads, plain Django views that drf-spectacular cannot see."""
 
 from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
 from drf_spectacular.plumbing import ResolvedComponent
@@ -168,8 +168,9 @@ EVENTS = {
 }
 
 
-def _fields(data):
-    return [name for name in data.get("contentSchema", {}).get("properties", {}) if name != "run"]
+def _fields(data, keep_run=False):
+    properties = data.get("contentSchema", {}).get("properties", {})
+    return [name for name in properties if keep_run or name != "run"]
 
 
 EVENT_STREAM = (
@@ -186,10 +187,44 @@ EVENT_STREAM = (
 )
 
 
-def _event(name, data):
+# A thread's stream (runs.events.thread_events): events without ids
+THREAD_EVENTS = {
+    "stream-open": EVENTS["stream-open"],
+    "run.started": (
+        "A run is active on the thread: the one active when the stream opens (or reconnects),"
+        " then each run that starts on it. Follow it on `/api/runs/{run}/events/`. The same run"
+        " may be told again after a reconnection.",
+        {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": _object(
+                run={"type": "string", "format": "uuid"}, thread={"type": "integer"}
+            ),
+        },
+    ),
+}
+
+THREAD_EVENT_STREAM = (
+    "The runs that start on the thread, over Server-Sent Events (`text/event-stream`), for a"
+    " page that shows the thread: a run started elsewhere (another tab, the API, a schedule)"
+    " is told at once. At each connection the stream first tells the thread's active run, if"
+    " any, so a run that started before it opened is not missed; it keeps no log, so its"
+    " events have no ids and there is nothing to resume. The stream stays open (comments,"
+    " `: keep-alive`, keep an idle one open) and counts among your open streams as a run's"
+    " does. An event's `data` is JSON:\n\n"
+    "| event | data | what it is |\n| --- | --- | --- |\n"
+    + "".join(
+        f"| `{name}` | {', '.join(f'`{k}`' for k in _fields(data, keep_run=True))}"
+        f" | {description} |\n"
+        for name, (description, data) in THREAD_EVENTS.items()
+    )
+)
+
+
+def _event(name, data, with_id=True):
     """One event as schemathesis (and an EventSource) parses it: {"event", "data", "id"}."""
     properties = {"event": {"const": name}, "data": data}
-    if name != "stream-open":
+    if with_id and name != "stream-open":
         properties["id"] = {"type": "string", "pattern": r"^run-[0-9a-f-]+:[0-9]+$"}
     return {"type": "object", "title": name, "properties": properties, "required": list(properties)}
 
@@ -208,8 +243,8 @@ def _drop_any_or_null(schema):
 
 
 def complete_schema(result, generator, request, public):
-    """drf-spectacular postprocessing hook: describe runs.events.run_events (and mend the
-    nullable JSON fields)."""
+    """drf-spectacular postprocessing hook: describe runs.events.run_events and thread_events
+    (and mend the nullable JSON fields)."""
     _drop_any_or_null(result)
     error_ref = {"$ref": "#/components/schemas/Error"}
 
@@ -264,6 +299,40 @@ def complete_schema(result, generator, request, public):
                     " failed authentications from this address."
                 ),
                 "503": error("The event log cannot be reached; retry shortly."),
+            },
+        }
+    }
+    result["paths"]["/api/threads/{thread_id}/events/"] = {
+        "get": {
+            "operationId": "threads_events",
+            "summary": "Follow the runs that start on a thread",
+            "description": THREAD_EVENT_STREAM,
+            "tags": ["threads"],
+            "parameters": [
+                {"name": "thread_id", "in": "path", "required": True, "schema": INTEGER},
+            ],
+            "security": [{name: []} for name in result["components"]["securitySchemes"]],
+            "responses": {
+                "200": {
+                    "description": "The thread's active run, if any, then each run that starts.",
+                    "content": {
+                        "text/event-stream": {
+                            "schema": {
+                                "oneOf": [
+                                    _event(n, d, with_id=False)
+                                    for n, (_, d) in THREAD_EVENTS.items()
+                                ]
+                            }
+                        }
+                    },
+                },
+                "401": error("No credentials, or credentials that are not valid."),
+                "404": error("No such thread among yours."),
+                "429": error(
+                    "`too_many_streams`: you have as many streams open as allowed; or too many"
+                    " failed authentications from this address."
+                ),
+                "503": error("The stream cannot be opened (Redis is unreachable); retry shortly."),
             },
         }
     }

@@ -199,6 +199,25 @@ def emit(run_id, event_type, **data):
         grip.publish(channel, event.id, content, close=is_terminal(event))
 
 
+def thread_channel(thread_id):
+    return f"thread-{thread_id}"
+
+
+def announce_run_started(run):
+    """Tell the open streams of the run's thread (runs/events.py, thread_events) that it
+    started: live only, on django-eventstream's pub/sub channel, so nothing is kept per thread
+    in Redis. A stream that opens later learns of the run from the database, and so does one
+    whose listener lost the pub/sub connection (it reads the database again)."""
+    channel = thread_channel(run.thread_id)
+    payload = json.dumps({"run": str(run.id), "thread": run.thread_id})
+    fields = (channel, "run.started", payload, None)  # no id: the thread stream keeps no log
+    message = json.dumps(dict(zip(eventstream.MESSAGE_FIELDS, fields, strict=True)))
+    try:
+        client().publish(eventstream.PUBSUB_CHANNEL, message)
+    except redis.RedisError as exc:  # its pages see the run when their stream reconnects
+        log.warning("run %s: could not announce it on its thread: %s", run.id, exc)
+
+
 def emit_delta(run_id, message_id, text):
     """Announce `text` added to an assistant message: the one writer of message.delta, whose
     format logged_texts() reads back."""

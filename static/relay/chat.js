@@ -1,6 +1,7 @@
 // The chat page: sends messages through the JSON API and follows runs on their SSE stream
-// (runs.js). A page loaded mid-run rebuilds the reply being written from its deltas; messages
-// the server already rendered (data-message) ignore theirs.
+// (runs.js); the thread's own stream tells it of the runs started elsewhere. A page loaded
+// mid-run rebuilds the reply being written from its deltas; messages the server already
+// rendered (data-message) ignore theirs.
 (function () {
   "use strict";
 
@@ -160,9 +161,29 @@
     setActive(false);
   }
 
-  async function reload() {
+  // Follow `runId` from a freshly reloaded conversation, once, whoever tells of it first: this
+  // page's own start, or the thread's stream (which tells this page's starts too).
+  let adopting = null;
+  async function adopt(runId) {
+    if ((current && current.id === runId) || adopting === runId) return;
+    adopting = runId;
+    if (current) finish(); // interrupted: its stream ends on its own
+    try {
+      await reload(); // the interrupted run's last words, and the new message, from the server
+    } catch (_) {
+      // the server is away: the run's stream replays what the page lacks of the reply
+    }
+    if (adopting !== runId) return; // a newer run came meanwhile
+    adopting = null;
+    follow(runId);
+  }
+
+  // the conversation from the server, unless `wanted()` says no by the time it has come
+  async function reload(wanted = () => true) {
     const response = await fetch(chat.dataset.messagesUrl, { credentials: "same-origin" });
-    if (response.ok) runsBox.innerHTML = await response.text();
+    if (!response.ok) return;
+    const html = await response.text();
+    if (wanted()) runsBox.innerHTML = html;
   }
 
   async function send() {
@@ -182,9 +203,7 @@
     if (response.status === 202) {
       showNotice("");
       textarea.value = "";
-      if (current) finish(); // interrupted: its stream ends on its own
-      await reload(); // the interrupted run's last words, and the new message, from the server
-      follow(data.id);
+      await adopt(data.id);
     } else if (response.status === 409) {
       showNotice(`${data.detail} Tick “Interrupt the current run” to stop it and send.`);
     } else {
@@ -211,23 +230,27 @@
     if (response.status !== 202) showNotice(errorText(data));
   });
 
-  // A run started elsewhere (another tab, the API) shows up here too.
-  setInterval(async () => {
-    if (current || document.hidden) return;
-    let thread;
-    try {
-      const response = await fetch(`/api/threads/${threadId}/`, { credentials: "same-origin" });
-      if (!response.ok) return;
-      thread = await response.json();
-    } catch (_) {
-      return; // the server is away: the next poll tries again
-    }
-    if (thread.active_run && !current) {
-      await reload();
-      follow(thread.active_run);
-    }
-  }, 2000);
+  // A run started elsewhere (another tab, the API, a schedule) shows up here too: the thread's
+  // stream tells each run that starts on it, and at every connection the one already active.
+  // What ended while the stream was not open (the page loading, the server away) is reloaded
+  // when it opens. The browser reconnects it after a network error; a refusal (429 at the
+  // open-stream cap, 503) closes it, and it is opened again later, waiting longer each time.
+  const THREAD_RETRY_MS = [1000, 60000]; // the first wait, and the longest
+  function watchThread(wait) {
+    const source = new EventSource(`/api/threads/${threadId}/events/`);
+    source.addEventListener("run.started", (event) => adopt(JSON.parse(event.data).run));
+    source.onopen = () => {
+      wait = THREAD_RETRY_MS[0];
+      const idle = () => !current && !adopting; // else the run's own reload is under way
+      if (idle()) reload(idle).catch(() => {});
+    };
+    source.onerror = () => {
+      if (source.readyState !== EventSource.CLOSED) return; // the browser reconnects it
+      setTimeout(() => watchThread(Math.min(wait * 2, THREAD_RETRY_MS[1])), wait);
+    };
+  }
 
   if (chat.dataset.activeRun) follow(chat.dataset.activeRun);
   else setActive(false);
+  watchThread(THREAD_RETRY_MS[0]);
 })();

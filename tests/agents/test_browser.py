@@ -6,6 +6,7 @@ import re
 import signal
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
@@ -16,7 +17,7 @@ from runs import lifecycle, stream
 from runs.models import Message, Run
 from workflows.models import Workflow
 
-from conftest import pace, wait_for_status
+from conftest import bearer, pace, start, wait_for_status
 from examples import THREE_STEPS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -165,6 +166,60 @@ def test_a_second_tab_follows_the_same_run(page, alice):
     assert streaming(other).inner_text() == streaming(page).inner_text()
 
 
+def test_pages_on_a_thread_show_a_run_started_by_the_api_at_once_without_polling(page, alice, live):
+    pace(alice, words=200, delay_ms=30)
+    thread = create_thread(owner=alice, agent=alice.agents.get())
+    other = page.context.new_page()
+    requested = []
+    for tab in (page, other):
+        tab.on("request", lambda request: requested.append(urlsplit(request.url).path))
+        tab.goto(f"/chats/{thread.pk}/")
+    page.wait_for_timeout(2500)  # longer than the period the page polled the thread at
+    run_id = start(live, bearer(alice), thread, message="Started by the API")
+    for tab in (page, other):
+        expect(streaming(tab)).to_have_class("message assistant streaming", timeout=2000)
+        expect(tab.locator(".message.user").last).to_have_text("Started by the API")
+    expect(status(other)).to_have_text("completed")
+    expect(status(page)).to_have_text("completed")
+    assert (
+        streaming(other).inner_text().strip()
+        == thread.messages.get(run_id=run_id, role="assistant").content
+    )
+    assert f"/api/threads/{thread.pk}/" not in requested, "the page polled the thread"
+    assert requested.count(f"/api/threads/{thread.pk}/events/") == 2  # one stream a page
+
+
+def test_a_page_sees_a_run_started_elsewhere_after_the_server_came_back(page, alice, live):
+    """Whether the run is still active when the page's stream is back (it follows it) or has
+    ended (it reloads the conversation), the page shows it."""
+    pace(alice, words=100, delay_ms=20)
+    thread = create_thread(owner=alice, agent=alice.agents.get())
+    thread_stream = f"**/api/threads/{thread.pk}/events/"
+    opened = []
+    page.on(
+        "request",
+        lambda r: r.url.endswith(f"/api/threads/{thread.pk}/events/") and opened.append(r),
+    )
+    with page.expect_response(thread_stream):
+        page.goto(f"/chats/{thread.pk}/")
+    live.stop("web", signal.SIGKILL)
+    try:
+        page.wait_for_timeout(5000)  # the page is left without a server for a while
+    finally:
+        live.start_web()
+    # the browser reconnects at its own pace (every 3 s), not in a loop
+    assert 1 <= len(opened) - 1 <= 3, f"{len(opened) - 1} attempts in 5 s"
+    run_id = start(live, bearer(alice), thread, message="After the restart")
+    expect(page.locator(".message.user").last).to_have_text("After the restart", timeout=10_000)
+    expect(status(page)).to_have_text("completed")
+    assert (
+        streaming(page).inner_text().strip()
+        == thread.messages.get(run_id=run_id, role="assistant").content
+    )
+    # the browser logged the broken stream and its refused reconnects: expected here
+    page.errors[:] = [e for e in page.errors if "net::ERR_" not in e]
+
+
 def test_it_resumes_after_the_web_process_restarts(page, alice, live):
     pace(alice, words=150, delay_ms=40)
     thread = open_chat(page, alice)
@@ -262,9 +317,10 @@ def test_it_reloads_from_the_server_on_stream_reset(page, alice):
 
 def test_it_shows_a_busy_thread_on_the_page(page, alice):
     pace(alice, words=1000, delay_ms=30)
-    thread = open_chat(page, alice)
-    # hold the page's check for runs started elsewhere, so it does not know of the next one
-    page.route(f"**/api/threads/{thread.pk}/", lambda route: None)
+    thread = create_thread(owner=alice, agent=alice.agents.get())
+    # hold the thread's stream, so the page does not know of the run started elsewhere
+    page.route(f"**/api/threads/{thread.pk}/events/", lambda route: None)
+    page.goto(f"/chats/{thread.pk}/")
     run = services.agent_start(user=alice, thread=thread, message="Started elsewhere")
     try:
         send(page, "Me too")
