@@ -188,7 +188,7 @@ def test_the_live_api_answers_as_its_schema_says(fuzzed, alice, tmp_path):
         # Revoking the key the run authenticates with would leave it nothing but 401s.
         "--exclude-operation-id", "keys_destroy",
         # A thread's stream stays open until the client leaves: every request would wait out
-        # the request timeout (tests/agents/test_thread_stream.py tests it).
+        # the request timeout (tests/runs/test_thread_stream.py tests it).
         "--exclude-operation-id", "threads_events",
         # One worker: with more, alice's requests race each other (a PATCH beside the DELETE of
         # the same object), which finds races, not bad input, and schemathesis 4.32 itself
