@@ -77,6 +77,7 @@ class RunSerializer(serializers.ModelSerializer):
 class RunFilterSerializer(serializers.Serializer):
     status = serializers.ChoiceField(Run.Status.choices, required=False)
     thread = serializers.IntegerField(required=False)
+    kind = serializers.CharField(max_length=20, required=False, help_text='"agent", "workflow"…')
 
 
 class RaceSafeWrites:

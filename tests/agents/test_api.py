@@ -230,7 +230,7 @@ def test_it_stops_a_queued_run_at_once_and_twice_harmlessly(
     ]
 
 
-def test_it_lists_runs_by_status_and_thread(alice, alice_api, thread):
+def test_it_lists_runs_by_status_thread_and_kind(alice, alice_api, thread):
     other = create_thread(owner=alice, agent=alice.agents.get())
     stopped = start(alice_api, thread).data["id"]
     alice_api.post(f"/api/runs/{stopped}/stop/")
@@ -243,6 +243,9 @@ def test_it_lists_runs_by_status_and_thread(alice, alice_api, thread):
     assert ids("?status=queued") == [queued]
     assert ids(f"?thread={thread.pk}") == [stopped]
     assert ids("") == [queued, stopped]
+    assert ids("?kind=agent") == [queued, stopped]
+    assert ids("?kind=workflow") == []
+    assert alice_api.get(f"/api/runs/{queued}/").data["kind"] == "agent"
     r = alice_api.get("/api/runs/?status=lost")
     assert r.status_code == 400
     assert "not a valid choice" in str(r.data["status"])
