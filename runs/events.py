@@ -250,11 +250,12 @@ async def _gone(channel):
 
 async def _stream(channel, last_id, *, user_id, slot):
     next_page = sync_to_async(next, thread_sensitive=False)
-    renew = sync_to_async(_renew, thread_sensitive=False)
-    renew_at = time.monotonic() + settings.SSE_KEEPALIVE_SECONDS
+    slot = HeldSlot(user_id, slot)
     try:
-        # Listen before the first read, so nothing published in between is missed.
+        # Listen before the first read, so nothing published in between is missed: a process'
+        # first streams also wait for its pub/sub listener to have subscribed.
         with eventstream.subscribe(channel, user_id) as live:
+            await live.listening(settings.SSE_KEEPALIVE_SECONDS)
             yield OPENING
             from_log = True
             while True:
@@ -277,14 +278,10 @@ async def _stream(channel, last_id, *, user_id, slot):
                     return
                 if from_log:
                     continue
-                if time.monotonic() >= renew_at:
-                    await renew(user_id, slot)
-                    renew_at = time.monotonic() + settings.SSE_KEEPALIVE_SECONDS
-                if not await live.wait(settings.SSE_KEEPALIVE_SECONDS):
+                if not await slot.wait(live):
                     yield ": keep-alive\n\n"
     finally:
-        # in a thread, not awaited: the stream may be ending by cancellation
-        asyncio.get_running_loop().run_in_executor(None, _free, user_id, slot)
+        slot.free()
 
 
 @require_GET
@@ -335,8 +332,7 @@ def _run_started(thread_id, run_id):
 
 async def _thread_stream(thread_id, *, user_id, slot):
     active_run = sync_to_async(_active_run, thread_sensitive=False)
-    renew = sync_to_async(_renew, thread_sensitive=False)
-    renew_at = time.monotonic() + settings.SSE_KEEPALIVE_SECONDS
+    slot = HeldSlot(user_id, slot)
     try:
         # Listen before reading the active run: a run committed before the read is in the
         # database, one committed after it is announced (on commit) to this subscription.
@@ -358,13 +354,31 @@ async def _thread_stream(thread_id, *, user_id, slot):
                         yield sse_encode_event(event.type, event.data)
                 if missed:
                     continue
-                if time.monotonic() >= renew_at:
-                    await renew(user_id, slot)
-                    renew_at = time.monotonic() + settings.SSE_KEEPALIVE_SECONDS
-                if not await live.wait(settings.SSE_KEEPALIVE_SECONDS):
+                if not await slot.wait(live):
                     yield ": keep-alive\n\n"
     finally:
-        asyncio.get_running_loop().run_in_executor(None, _free, user_id, slot)
+        slot.free()
+
+
+class HeldSlot:
+    """An open stream's slot among its user's (runs/stream.py): renewed while the stream waits,
+    freed when it ends."""
+
+    def __init__(self, user_id, slot):
+        self.user_id, self.slot = user_id, slot
+        self.renew_at = time.monotonic() + settings.SSE_KEEPALIVE_SECONDS
+
+    async def wait(self, live):
+        """Renew the slot when it is due, then wait for `live` events: False if none came within
+        a keep-alive period (the stream sends one)."""
+        if time.monotonic() >= self.renew_at:
+            await sync_to_async(_renew, thread_sensitive=False)(self.user_id, self.slot)
+            self.renew_at = time.monotonic() + settings.SSE_KEEPALIVE_SECONDS
+        return await live.wait(settings.SSE_KEEPALIVE_SECONDS)
+
+    def free(self):
+        # in a thread, not awaited: the stream may be ending by cancellation
+        asyncio.get_running_loop().run_in_executor(None, _free, self.user_id, self.slot)
 
 
 def _renew(user_id, slot):
