@@ -212,6 +212,11 @@ LLM_MODEL = env("LLM_MODEL", "demo")
 LLM_TIMEOUT = env_float("LLM_TIMEOUT", 120)
 TOOLS_HTTP_ALLOWED_HOSTS = env_list("TOOLS_HTTP_ALLOWED_HOSTS")
 TOOLS_HTTP_ALLOW_PRIVATE = env_bool("TOOLS_HTTP_ALLOW_PRIVATE", False)
+# MCP servers over streamable HTTP: private addresses (127.0.0.1, 10.x, ...) only when allowed;
+# the seconds a tool call may take unless its server says otherwise, and a listing of tools.
+MCP_ALLOW_PRIVATE = env_bool("MCP_ALLOW_PRIVATE", False)
+MCP_TIMEOUT = env_float("MCP_TIMEOUT", 30)
+MCP_LIST_TIMEOUT = env_float("MCP_LIST_TIMEOUT", 10)
 # Tool calls in progress at once per worker process, for one user and for one run (a call that
 # timed out counts until its tool returns); beyond them a call fails at once with the reason.
 TOOLS_MAX_CALLS_PER_USER = env_int("TOOLS_MAX_CALLS_PER_USER", 16)

@@ -3,7 +3,6 @@
 import ast
 import contextlib
 import http.client
-import ipaddress
 import math
 import operator
 import socket
@@ -17,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from django.conf import settings
 
 from . import register
+from .addresses import resolve
 
 # calculator
 
@@ -232,48 +232,11 @@ def _host_allowed(host, allowed_hosts):
 
 
 def _resolve(host, port):
-    """The host's addresses; all of them must be public unless private ones are allowed."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise OSError(f"cannot resolve {host}: {exc.strerror}") from None
-    addresses = list(dict.fromkeys(info[4][0] for info in infos))
-    if not getattr(settings, "TOOLS_HTTP_ALLOW_PRIVATE", False):
-        for address in addresses:
-            if not _public(ipaddress.ip_address(address)):
-                raise PermissionError(
-                    f"{host} resolves to {address}, which is not a public address"
-                )
-    return addresses
-
-
-_IPV6_RESERVED = ipaddress.ip_network("::/8")  # IPv4-compatible and -translated, local NAT64
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the IPv4 address is the last 32 bits
-
-
-def _public(ip):
-    """Whether `ip` reaches the public internet, judging an IPv4 address embedded in an IPv6
-    one as that IPv4 address: `::ffff:127.0.0.1` or `64:ff9b::7f00:1` reach loopback."""
-    if ip.version == 6:
-        if ip.ipv4_mapped is not None:
-            return _public(ip.ipv4_mapped)
-        if ip in _NAT64:
-            return _public(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-        # Python calls these global: the rest of ::/8 is reserved (the deprecated
-        # IPv4-compatible ::a.b.c.d among it), fec0::/10 is the deprecated site-local range.
-        if ip in _IPV6_RESERVED or ip.is_site_local:
-            return False
-        embedded = [ip.sixtofour] if ip.sixtofour is not None else list(ip.teredo or ())
-        if not all(_public(address) for address in embedded):
-            return False
-    # is_global is false for private, loopback, link-local, reserved and unspecified
-    # addresses, but true for multicast ones.
-    return ip.is_global and not ip.is_multicast
+    return resolve(host, port, allow_private=settings.TOOLS_HTTP_ALLOW_PRIVATE)
 
 
 def _connect(addresses, port, deadline):
-    # Only ever the addresses checked in _resolve: a second DNS lookup here could answer
-    # differently (DNS rebinding) and reach an internal service.
+    # Only ever the addresses checked in _resolve (see resolve).
     error = OSError("no addresses to connect to")
     for address in addresses:
         remaining = deadline - time.monotonic()
