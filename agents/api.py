@@ -19,7 +19,7 @@ from runs.api import (
 from runs.models import Run, Thread
 
 from . import tools
-from .models import Agent, ThreadAgent
+from .models import Agent, McpServer, Provider, ThreadAgent
 from .services import agent_start
 
 
@@ -29,12 +29,28 @@ class DemoConfigSerializer(serializers.Serializer):
 
 
 class AgentSerializer(serializers.ModelSerializer):
+    provider = OwnedPrimaryKeyField(
+        queryset=Provider.objects.all(), required=False, allow_null=True,
+        help_text="a provider's id, or null for the default one (LLM_BASE_URL, LLM_API_KEY)",
+    )  # fmt: skip
+    temperature = serializers.FloatField(min_value=0, max_value=2, required=False, allow_null=True)
+    max_tokens = serializers.IntegerField(
+        min_value=1, max_value=1_000_000, required=False, allow_null=True,
+        help_text="the most output tokens a model turn may take",
+    )  # fmt: skip
     tools = serializers.ListField(child=serializers.CharField(), required=False)
+    mcp_servers = OwnedPrimaryKeyField(
+        many=True, queryset=McpServer.objects.all(), required=False,
+        help_text="ids of MCP servers whose tools it may call",
+    )  # fmt: skip
     config = serializers.DictField(required=False)
 
     class Meta:
         model = Agent
-        fields = ["id", "name", "instructions", "model", "tools", "config", "created", "updated"]
+        fields = [
+            "id", "name", "instructions", "provider", "model", "temperature", "max_tokens",
+            "tools", "mcp_servers", "config", "created", "updated",
+        ]  # fmt: skip
 
     def validate_name(self, value):
         owner = self.context["request"].user
@@ -52,6 +68,23 @@ class AgentSerializer(serializers.ModelSerializer):
                 f"Unknown tools: {', '.join(unknown)}. Known: {', '.join(tools.names())}."
             )
         return list(dict.fromkeys(value))
+
+    def validate_mcp_servers(self, value):
+        servers = list(dict.fromkeys(value))
+        if len(servers) > settings.MCP_SERVERS_MAX_PER_AGENT:
+            raise serializers.ValidationError(
+                f"At most {settings.MCP_SERVERS_MAX_PER_AGENT} servers (MCP_SERVERS_MAX_PER_AGENT)."
+            )
+        return servers
+
+    def validate(self, data):
+        provider = data.get("provider", getattr(self.instance, "provider", None))
+        model = data.get("model", getattr(self.instance, "model", "demo"))
+        if not model and not (provider and provider.default_model):
+            raise serializers.ValidationError(
+                {"model": "Name a model: the provider has no default model."}
+            )
+        return data
 
     def validate_config(self, value):
         demo = DemoConfigSerializer(data=value.get("demo", {}))
@@ -97,6 +130,9 @@ class AgentViewSet(OwnedViewSet):
     queryset = Agent.objects.none()  # the model, for the schema; get_queryset() has the user's
     serializer_class = AgentSerializer
     related_name = "agents"
+
+    def get_queryset(self):
+        return super().get_queryset().prefetch_related("mcp_servers")
 
 
 @extend_schema_view(

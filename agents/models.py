@@ -4,18 +4,108 @@ import secrets
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.validators import URLValidator
 from django.db import models, transaction
 from django.utils import timezone
 
 from runs.models import Thread
+
+from .secrets import sealed
+
+WEB_URL = URLValidator(schemes=["http", "https"], message="Enter an http:// or https:// URL.")
+
+
+class Provider(models.Model):
+    """Where an owner's agents get their model: an endpoint, its kind of API and its key. The
+    key and the headers are kept encrypted (agents.secrets) and never shown again."""
+
+    class Kind(models.TextChoices):
+        OPENAI = "openai", "OpenAI-compatible chat completions"
+        ANTHROPIC = "anthropic", "Anthropic Messages"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="providers")
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.OPENAI)
+    base_url = models.CharField(max_length=500, validators=[WEB_URL])
+    api_key_sealed = models.TextField(blank=True, editable=False)
+    headers_sealed = models.TextField(blank=True, editable=False)
+    default_model = models.CharField(max_length=200, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    api_key = sealed("api_key_sealed")
+    headers = sealed("headers_sealed", as_json=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="provider_name_unique")
+        ]
+
+    def __str__(self):
+        return self.name
+
+
+class McpServer(models.Model):
+    """An MCP server whose tools an owner's agents may call. Users add streamable HTTP servers;
+    stdio servers start a command on the worker machine, so only an administrator adds them.
+    `tools` caches the server's list, as the model sees it (agents.tools.mcp)."""
+
+    class Transport(models.TextChoices):
+        STREAMABLE_HTTP = "streamable-http"
+        STDIO = "stdio"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="mcp_servers")
+    name = models.CharField(max_length=40, help_text="letters, digits, _ and -; names its tools")
+    transport = models.CharField(
+        max_length=20, choices=Transport.choices, default=Transport.STREAMABLE_HTTP
+    )
+    url = models.CharField(
+        max_length=500, blank=True, validators=[WEB_URL], help_text="streamable HTTP: its endpoint"
+    )
+    command = models.JSONField(
+        default=list, blank=True, help_text='stdio: the command and its arguments, ["npx", "…"]'
+    )
+    headers_sealed = models.TextField(blank=True, editable=False)
+    enabled = models.BooleanField(default=True)
+    allowed_tools = models.JSONField(
+        default=list, blank=True, help_text="the server's tools agents may call; empty: all"
+    )
+    tools = models.JSONField(default=list, blank=True, editable=False)
+    tools_refreshed = models.DateTimeField(null=True, blank=True, editable=False)
+    tools_error = models.TextField(blank=True, editable=False)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    headers = sealed("headers_sealed", as_json=True)
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name = "MCP server"
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="mcp_server_name_unique")
+        ]
+
+    def __str__(self):
+        return self.name
 
 
 class Agent(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="agents")
     name = models.CharField(max_length=100)
     instructions = models.TextField(blank=True)
-    model = models.CharField(max_length=200, default="demo", help_text='"demo" or a model name')
+    provider = models.ForeignKey(
+        Provider, models.PROTECT, null=True, blank=True, related_name="agents",
+        help_text="empty: the default provider (LLM_BASE_URL, LLM_API_KEY)",
+    )  # fmt: skip
+    model = models.CharField(
+        max_length=200, default="demo", blank=True,
+        help_text='"demo", a model name, or empty for the provider\'s default model',
+    )  # fmt: skip
+    temperature = models.FloatField(null=True, blank=True)
+    max_tokens = models.PositiveIntegerField(null=True, blank=True, help_text="of output")
     tools = models.JSONField(default=list, blank=True, help_text="names of the tools it may call")
+    mcp_servers = models.ManyToManyField(McpServer, blank=True, related_name="agents")
     config = models.JSONField(default=dict, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)

@@ -2,7 +2,10 @@
 it asks for, save and announce every message. The engine (runs.loop) claims the run, holds its
 lease and gives it its one terminal status."""
 
+import collections
 import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
 
@@ -10,7 +13,7 @@ from runs import stream
 from runs.loop import RunFailed, RunLoop, Stopped, closing_connection, storable_text
 from runs.models import Message
 
-from . import llm, tools
+from . import llm, toolbox, tools
 from .models import agent_of
 
 
@@ -29,8 +32,10 @@ class AgentLoop(RunLoop):
     def converse(self, agent, history):
         """Model turns, with the tool calls they ask for, until the model answers without
         calling a tool. Returns that last assistant message."""
-        model = llm.get_model(agent)
-        schemas = tools.schemas(agent.tools)
+        with closing_connection():
+            model = llm.get_model(agent)
+            box = toolbox.for_agent(agent)
+        schemas = tools.schemas(box)
         for _ in range(settings.RUN_MAX_TURNS):
             self._check()
             message = self._model_turn(model, history, schemas)
@@ -38,12 +43,24 @@ class AgentLoop(RunLoop):
             if not message.tool_calls:
                 return message
             history.append(as_chat_message(message))
-            for call in message.tool_calls:
-                self._check()
-                history.append(as_chat_message(self._call_tool(call, agent)))
+            history.extend(map(as_chat_message, self._call_tools(message.tool_calls, box)))
         raise RunFailed(
             f"the agent used all {settings.RUN_MAX_TURNS} model turns without finishing"
         )
+
+    def _call_tools(self, calls, box):
+        """The calls of one turn, at once (at most TOOLS_MAX_CALLS_PER_RUN together), each
+        announced as it starts and ends; their results in the order the model asked. Calls
+        beyond TOOLS_MAX_CALLS_PER_TURN are answered with an error and not run."""
+        limit = settings.TOOLS_MAX_CALLS_PER_TURN
+        refused = tools.ToolResult(None, f"too many tool calls in one turn (at most {limit})")
+        jobs = [(call, None if i < limit else refused) for i, call in enumerate(calls)]
+        if len(jobs) == 1:
+            return [self._call_tool(*jobs[0], box=box)]
+        workers = min(len(jobs), settings.TOOLS_MAX_CALLS_PER_RUN)
+        with ThreadPoolExecutor(workers, thread_name_prefix=f"run-{self.run.pk}-tools") as pool:
+            futures = [pool.submit(self._call_tool, *job, box=box) for job in jobs]
+            return [future.result() for future in futures]  # a stop raises Stopped here
 
     def _model_turn(self, model, history, schemas):
         """Stream one model turn into a new assistant message, announcing the text in coalesced
@@ -101,7 +118,10 @@ class AgentLoop(RunLoop):
         """Announce the tool call and run it. A stop ends the run at once, without waiting for
         the tool: its late result is dropped, and the call stays unanswered (history_messages
         leaves such calls out), so nothing of it is written after the terminal status."""
-        stream.emit(self.run.pk, "tool.started", call=call, name=name, arguments=arguments)
+        self._check()
+        server = tool_server(name, allowed)
+        stream.emit(self.run.pk, "tool.started", call=call, name=name, arguments=arguments,
+                    server=server)  # fmt: skip
         result = tools.call(
             name,
             arguments,
@@ -116,12 +136,18 @@ class AgentLoop(RunLoop):
                 if self.lease.expired:
                     error = "the run reached its time limit before the tool finished"
                 stream.emit(self.run.pk, "tool.done", call=call, name=name, output=None,
-                            error=error)  # fmt: skip
+                            error=error, server=server)  # fmt: skip
             raise Stopped
         return result
 
-    def _call_tool(self, call, agent):
-        result = self._run_tool(call["id"], call["name"], call["arguments"], agent.tools)
+    def _call_tool(self, call, result=None, *, box):
+        """Run the call (or answer it with `result`) and save its result as a tool message."""
+        if result is None:
+            result = self._run_tool(call["id"], call["name"], call["arguments"], box)
+        else:
+            server = tool_server(call["name"], box)
+            stream.emit(self.run.pk, "tool.started", call=call["id"], name=call["name"],
+                        arguments=call["arguments"], server=server)  # fmt: skip
         output, error = storable_text(result.output), storable_text(result.error)
         with closing_connection():
             message = self.thread.append_message(
@@ -139,22 +165,42 @@ class AgentLoop(RunLoop):
             name=call["name"],
             output=output,
             error=error,
+            server=tool_server(call["name"], box),
         )
         stream.emit(self.run.pk, "message.done", message=message.as_event())
         return message
+
+
+def tool_server(name, allowed):
+    """The MCP server a tool comes from, or None for a built-in."""
+    tool = allowed.get(name) if isinstance(allowed, Mapping) else None
+    return (tool and tool.server) or None
 
 
 def history_messages(thread, agent):
     """The thread as chat messages for the model. Tool calls that never got an answer (their
     run was stopped between the call and the result) are left out: providers refuse them."""
     messages = list(thread.messages.all())
-    answered = {m.tool_call_id for m in messages if m.role == Message.Role.TOOL}
-    chat = [{"role": "system", "content": agent.instructions}] if agent.instructions else []
+    # each result answers the latest call with its id (the demo model's ids repeat)
+    latest, answers = {}, collections.defaultdict(dict)
     for message in messages:
         if message.role == Message.Role.ASSISTANT:
-            message.tool_calls = [c for c in message.tool_calls if c["id"] in answered]
+            latest.update((call["id"], message.pk) for call in message.tool_calls)
+        elif message.role == Message.Role.TOOL and message.tool_call_id in latest:
+            answers[latest[message.tool_call_id]][message.tool_call_id] = message
+    chat = [{"role": "system", "content": agent.instructions}] if agent.instructions else []
+    for message in messages:
+        if message.role == Message.Role.TOOL:
+            continue  # each goes after the call it answers, below
+        if message.role == Message.Role.ASSISTANT:
+            results = answers[message.pk]
+            message.tool_calls = [c for c in message.tool_calls if c["id"] in results]
             if not message.content and not message.tool_calls:
                 continue
+            chat.append(as_chat_message(message))
+            # the calls of a turn end in any order (they run at once): answers go in theirs
+            chat.extend(as_chat_message(results[c["id"]]) for c in message.tool_calls)
+            continue
         chat.append(as_chat_message(message))
     return chat
 

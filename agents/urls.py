@@ -4,12 +4,14 @@ config/urls.py mounts `urlpatterns` at the root and `api_urlpatterns` under /api
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from . import api, keys, views
+from . import api, connections, keys, views
 
 router = SimpleRouter()
 router.register("agents", api.AgentViewSet, basename="agent")
 router.register("threads", api.ThreadViewSet, basename="thread")
 router.register("keys", keys.ApiKeyViewSet, basename="apikey")
+router.register("providers", connections.ProviderViewSet, basename="provider")
+router.register("mcp-servers", connections.McpServerViewSet, basename="mcpserver")
 
 urlpatterns = [
     path("chats/", views.chat_list, name="chats"),

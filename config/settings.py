@@ -38,6 +38,10 @@ if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
     SECRET_KEY = "insecure-development-key-set-SECRET_KEY-in-production"
+SECRET_KEY_FALLBACKS = env_list("SECRET_KEY_FALLBACKS")  # old keys, while rotating (deploy.md)
+# Fernet keys for the secrets kept in the database (providers' API keys, headers); empty: keys
+# derived from SECRET_KEY and its fallbacks. The first encrypts, all decrypt (agents/secrets.py).
+SECRETS_ENCRYPTION_KEYS = env_list("SECRETS_ENCRYPTION_KEYS")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 # HTTPS in production, behind a TLS proxy (deploy/relay.env.example turns these on; off here so
@@ -210,6 +214,14 @@ LLM_BASE_URL = env("LLM_BASE_URL", "https://api.openai.com/v1")
 LLM_API_KEY = env("LLM_API_KEY", "")
 LLM_MODEL = env("LLM_MODEL", "demo")
 LLM_TIMEOUT = env_float("LLM_TIMEOUT", 120)
+PROVIDERS_MAX_PER_USER = env_int("PROVIDERS_MAX_PER_USER", 20)
+# A user's provider may point at a private address (an Ollama on the LAN) only when this is on:
+# otherwise a provider is a way to make the worker POST to internal services.
+PROVIDERS_ALLOW_PRIVATE = env_bool("PROVIDERS_ALLOW_PRIVATE", False)
+MCP_SERVERS_MAX_PER_USER = env_int("MCP_SERVERS_MAX_PER_USER", 20)
+MCP_SERVERS_MAX_PER_AGENT = env_int("MCP_SERVERS_MAX_PER_AGENT", 10)
+MCP_TOOLS_MAX_PER_SERVER = env_int("MCP_TOOLS_MAX_PER_SERVER", 100)  # more are left out
+MCP_TOOLS_TTL = env_int("MCP_TOOLS_TTL", 300)  # seconds a server's tool list is used unrefreshed
 TOOLS_HTTP_ALLOWED_HOSTS = env_list("TOOLS_HTTP_ALLOWED_HOSTS")
 TOOLS_HTTP_ALLOW_PRIVATE = env_bool("TOOLS_HTTP_ALLOW_PRIVATE", False)
 # MCP servers over streamable HTTP: private addresses (127.0.0.1, 10.x, ...) only when allowed;
@@ -221,6 +233,7 @@ MCP_LIST_TIMEOUT = env_float("MCP_LIST_TIMEOUT", 10)
 # timed out counts until its tool returns); beyond them a call fails at once with the reason.
 TOOLS_MAX_CALLS_PER_USER = env_int("TOOLS_MAX_CALLS_PER_USER", 16)
 TOOLS_MAX_CALLS_PER_RUN = env_int("TOOLS_MAX_CALLS_PER_RUN", 4)
+TOOLS_MAX_CALLS_PER_TURN = env_int("TOOLS_MAX_CALLS_PER_TURN", 16)  # more get an error result
 
 # Celery: runs are acknowledged when they end, and a worker holds many at once in threads,
 # since they spend their life waiting on the model.

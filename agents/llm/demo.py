@@ -1,5 +1,9 @@
 """The `demo` model: deterministic and offline, so the product runs with no key and tests need
-no network. Its pace and length come from the agent's config: {"demo": {"words", "delay_ms"}}."""
+no network. Its pace and length come from the agent's config: {"demo": {"words", "delay_ms"}}.
+
+It calls tools when asked in words (calculate, the time) and, to exercise any tool, when the
+user's message has lines `/tool <name> <JSON arguments>`: exactly those calls, in one turn,
+then a sentence with each result."""
 
 import json
 import re
@@ -18,6 +22,7 @@ CALCULATE = re.compile(
     r"\b(?:calculate|compute|evaluate|what is|what's)\b\s*:?\s*([-+*/%^().\d\s]+)"
 )
 ASKS_TIME = re.compile(r"\b(?:what time|the time|current time|time is it|what's the time)\b")
+TOOL_LINE = re.compile(r"^/tool\s+(\S+)[ \t]*(.*)$", re.MULTILINE)
 
 
 def _words(text):
@@ -33,10 +38,10 @@ class DemoModel(Model):
         available = {tool["function"]["name"] for tool in tools}
         prompt_tokens = sum(_words(m.get("content") or "") for m in messages)
         last = messages[-1]
-        call = self._tool_call(last, available) if last["role"] == "user" else None
-        if call:
-            yield call
-            yield Usage(prompt_tokens, _words(call.arguments))
+        calls = self._tool_calls(last, available, len(messages)) if last["role"] == "user" else []
+        if calls:
+            yield from calls
+            yield Usage(prompt_tokens, sum(_words(call.arguments) for call in calls))
             return
         text = self._reply(last, messages)
         written = 0
@@ -47,9 +52,18 @@ class DemoModel(Model):
             written += 1
         yield Usage(prompt_tokens, written)
 
-    def _tool_call(self, message, available):
-        text = message["content"].lower()
-        seed = zlib.crc32(text.encode())
+    def _tool_calls(self, message, available, turn):
+        seed = zlib.crc32(f"{turn}:{message['content']}".encode())
+        asked = TOOL_LINE.findall(message["content"])
+        if asked:  # whatever the agent may call: the tool path answers for the rest
+            return [
+                ToolCall(f"call_{seed:08x}_{i}", name, arguments.strip() or "{}")
+                for i, (name, arguments) in enumerate(asked)
+            ]
+        call = self._tool_call(message["content"].lower(), available, seed)
+        return [call] if call else []
+
+    def _tool_call(self, text, available, seed):
         match = CALCULATE.search(text)
         if "calculator" in available and match and re.search(r"\d", match.group(1)):
             expression = match.group(1).strip().rstrip("?.")
@@ -62,10 +76,12 @@ class DemoModel(Model):
 
     def _reply(self, last, messages):
         if last["role"] == "tool":
-            name = self._tool_name(last["tool_call_id"], messages)
-            if name == "calculator" and not last["content"].startswith("Error"):
-                return f"The answer is {last['content']}."
-            return f"The {name} tool answered: {last['content']}"
+            answers = []
+            for message in reversed(messages):  # the results of the last turn's calls
+                if message["role"] != "tool":
+                    break
+                answers.insert(0, self._answer(message, messages))
+            return " ".join(answers)
         # a fixed walk through the vocabulary, seeded by the prompt: same prompt, same reply
         seed = zlib.crc32(last["content"].encode())
         words = []
@@ -73,6 +89,12 @@ class DemoModel(Model):
             seed = (seed * 1103515245 + 12345) % 2**31
             words.append(VOCABULARY[seed % len(VOCABULARY)])
         return " ".join(words).capitalize() + "."
+
+    def _answer(self, result, messages):
+        name = self._tool_name(result["tool_call_id"], messages)
+        if name == "calculator" and not result["content"].startswith("Error"):
+            return f"The answer is {result['content']}."
+        return f"The {name} tool answered: {result['content']}"
 
     @staticmethod
     def _tool_name(call_id, messages):

@@ -4,7 +4,7 @@ import json
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +14,9 @@ from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_MAX_OUTPUT = 16000  # characters
+SchemaError = jsonschema.exceptions.SchemaError
+
 
 @dataclass(frozen=True)
 class Tool:
@@ -22,7 +25,9 @@ class Tool:
     parameters: dict  # JSON schema of the arguments object
     func: Callable[..., Any]
     timeout: float = 10  # seconds
-    max_output: int = 16000  # characters
+    max_output: int = DEFAULT_MAX_OUTPUT
+    server: str = ""  # the MCP server it comes from; "" for a built-in
+    stoppable: bool = False  # func(arguments, stop): it ends its work when the run stops
 
 
 @dataclass(frozen=True)
@@ -75,10 +80,17 @@ class _Slots:
 _slots = _Slots()
 
 
-def register(name, description, parameters, *, timeout=10, max_output=16000):
+def check_schema(parameters):
+    """Raise SchemaError unless `parameters` is a JSON Schema of an object."""
+    jsonschema.Draft202012Validator.check_schema(parameters)
+    if not isinstance(parameters, dict) or parameters.get("type", "object") != "object":
+        raise SchemaError("the parameters must be an object")
+
+
+def register(name, description, parameters, *, timeout=10, max_output=DEFAULT_MAX_OUTPUT):
     """Decorator: make the function callable by agents as the tool `name`."""
     # A broken schema is a programming error: fail at import, not on the model's first call.
-    jsonschema.Draft202012Validator.check_schema(parameters)
+    check_schema(parameters)
 
     def decorator(func):
         if name in _registry:
@@ -102,7 +114,9 @@ def names() -> list[str]:
 
 
 def schemas(names) -> list[dict]:
-    """The tools among `names` in the OpenAI function format, in the order given."""
+    """The tools among `names` (or those of a toolbox, a mapping of names to tools) in the
+    OpenAI function format, in the order given."""
+    found = names.values() if isinstance(names, Mapping) else map(_registry.get, names)
     return [
         {
             "type": "function",
@@ -112,7 +126,7 @@ def schemas(names) -> list[dict]:
                 "parameters": tool.parameters,
             },
         }
-        for tool in map(_registry.get, names)
+        for tool in found
         if tool is not None
     ]
 
@@ -120,6 +134,8 @@ def schemas(names) -> list[dict]:
 def call(name, arguments, *, allowed, user, run, stop=None) -> ToolResult:
     """Run the tool `name` with the JSON `arguments` the model wrote; problems come back as errors.
 
+    `allowed` is what the agent may call: names of registered tools, or a toolbox (a mapping of
+    names to tools, agents.toolbox.for_agent), which may hold MCP servers' tools.
     `user` and `run` (ids) are whose call it is: each has a bound on its calls in progress.
     When `stop` (a StopSignal) is set the call returns at once, its tool left to finish alone.
     The error text goes back to the model, so it says what was wrong in words the model can act on.
@@ -132,11 +148,14 @@ def call(name, arguments, *, allowed, user, run, stop=None) -> ToolResult:
 
 
 def _call(name, arguments, allowed, user, run, stop):
-    tool = _registry.get(name)
+    if isinstance(allowed, Mapping):
+        tool = allowed.get(name)
+    else:
+        tool = _registry.get(name) if name in allowed else None
     if tool is None:
+        if name in _registry:
+            return _error(f"tool {name!r} is not allowed for this agent")
         return _error(f"unknown tool {name!r}")
-    if name not in allowed:
-        return _error(f"tool {name!r} is not allowed for this agent")
 
     # Some models send an empty string for a tool that takes no arguments.
     if isinstance(arguments, str) and not arguments.strip():
@@ -157,7 +176,9 @@ def _call(name, arguments, allowed, user, run, stop):
     problem = _slots.take(user, run)
     if problem is not None:
         return _error(problem)
-    future = _start(tool, args, user, run)
+    # a stoppable tool takes its arguments whole: one of them may be called `stop`
+    work = (lambda: tool.func(args, stop)) if tool.stoppable else (lambda: tool.func(**args))
+    future = _start(tool, work, user, run)
     woken = threading.Event()
     future.add_done_callback(lambda _: woken.set())
     forget = stop.on_stop(woken.set) if stop is not None else lambda: None
@@ -183,12 +204,12 @@ def _call(name, arguments, allowed, user, run, stop):
     return ToolResult(output=output, error=None)
 
 
-def _start(tool, args, user, run):
+def _start(tool, work, user, run):
     future = Future()
 
     def target():
         try:
-            value, exc = tool.func(**args), None
+            value, exc = work(), None
         except BaseException as error:  # whatever it is, the caller reports it
             value, exc = None, error
         # the slots first: a caller that has the result may call again at once
