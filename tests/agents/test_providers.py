@@ -1,6 +1,8 @@
 """Providers in the API: owner only, the API key and headers write-only and encrypted at rest,
 rotation of the encryption key, and agents naming a provider."""
 
+import io
+
 import pytest
 from cryptography.fernet import Fernet
 from django.core.management import call_command
@@ -112,7 +114,9 @@ def test_rotating_the_encryption_key_keeps_every_secret(alice_api, provider, set
     old = secrets.derived_key(settings.SECRET_KEY)
     new = Fernet.generate_key()
     settings.SECRETS_ENCRYPTION_KEYS = [new, old]
-    call_command("rotate_secrets", stdout=open("/dev/null", "w"))
+    out = io.StringIO()
+    call_command("rotate_secrets", stdout=out)
+    assert "providers: 1 encrypted again" in out.getvalue()
     settings.SECRETS_ENCRYPTION_KEYS = [new]  # the old key gone: everything still reads
     row = Provider.objects.get(pk=provider["id"])
     assert row.api_key == KEY and row.headers == {"X-Team": "t-1"}
@@ -121,4 +125,4 @@ def test_rotating_the_encryption_key_keeps_every_secret(alice_api, provider, set
 def test_a_secret_no_key_decrypts_says_what_to_do(provider, settings):
     settings.SECRETS_ENCRYPTION_KEYS = [Fernet.generate_key()]
     with pytest.raises(secrets.SecretUnreadable, match="rotate_secrets"):
-        Provider.objects.get(pk=provider["id"]).api_key
+        _ = Provider.objects.get(pk=provider["id"]).api_key
