@@ -283,7 +283,7 @@ class _session:
             event_hooks={"response": [self._note]},
         )
         await self.stack.enter_async_context(http)
-        return streamable_http_client(server.url, http_client=http)
+        return streamable_http_client(server.url, http_client=http, max_sse_event_size=MAX_RESPONSE)
 
     async def _note(self, response):
         if response.status_code >= 400:
@@ -297,7 +297,7 @@ class _session:
         if not server.command:
             raise McpError("the MCP server has no command to run")
         stderr = self.stack.enter_context(
-            tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")
+            tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")  # noqa: SIM115
         )
         self.stack.callback(self._keep_errors, stderr)  # once the server has exited
         # The SDK adds HOME, LOGNAME, PATH, SHELL, TERM and USER to `env`, none of the
@@ -379,7 +379,7 @@ class _Limited(httpx2.AsyncByteStream):
         async for chunk in self._stream:
             read += len(chunk)
             if read > self._limit:
-                raise McpError(f"the MCP server sent more than {self._limit // 2**20} MB at once")
+                raise McpError(f"the MCP server sent more than {self._limit} bytes in one response")
             yield chunk
 
     async def aclose(self):
@@ -429,9 +429,9 @@ def _where(server):
     return f"the MCP server at {_url(server)}"
 
 
-def _find(exc, kind, test=lambda _: True):
-    """The first exception of `kind` that passes `test` in `exc`, its exception groups and their
-    causes, breadth first."""
+def _find(exc, kind):
+    """The first exception of `kind` in `exc`, its exception groups and their causes, breadth
+    first (so an exception comes before the one it was raised from)."""
     seen = set()
     pending = [exc]
     while pending:
@@ -439,13 +439,11 @@ def _find(exc, kind, test=lambda _: True):
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, kind) and test(current):
+        if isinstance(current, kind):
             return current
         if isinstance(current, BaseExceptionGroup):
             pending += current.exceptions
-        pending.append(current.__cause__)
-        if not current.__suppress_context__:
-            pending.append(current.__context__)
+        pending += [current.__cause__, current.__context__]
     return None
 
 
@@ -454,8 +452,8 @@ def _unreachable(exc):
     error = _find(exc, OSError)
     if error is None:
         return None
-    # anyio's "All connection attempts failed" has each attempt's OSError as its cause.
-    error = _find(error, OSError, lambda e: e.errno is not None) or error
+    if error.errno is None and isinstance(error.__cause__, OSError):
+        error = error.__cause__  # anyio's "All connection attempts failed" has the reason there
     if error.errno is not None and error.errno > 0:
         return os.strerror(error.errno).lower()
     return str(error) or type(error).__name__
