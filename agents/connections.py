@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db.models import ProtectedError
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import serializers
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -206,13 +206,22 @@ class CappedViewSet(OwnedViewSet):
             raise ServiceConflict(f"Agents use it: {names}. Change them first.") from None
 
 
-LIMIT_AND_USE_ERRORS = {
-    409: openapi.error("`conflict`: agents use it (on delete), or a name race."),
-    429: openapi.error("`too_many`: you have as many as allowed."),
-}
+def capped_schema(serializer):
+    return extend_schema_view(
+        create=extend_schema(
+            responses={201: serializer, 429: openapi.error("`too_many`: as many as allowed.")}
+        ),
+        destroy=extend_schema(
+            responses={204: None, 409: openapi.error("`conflict`: agents use it.")}
+        ),
+    )
 
 
-@extend_schema(responses={201: ProviderSerializer, **LIMIT_AND_USE_ERRORS}, methods=["POST"])
+class McpToolsSerializer(serializers.Serializer):
+    tools = McpToolSerializer(many=True)
+
+
+@capped_schema(ProviderSerializer)
 class ProviderViewSet(CappedViewSet):
     queryset = Provider.objects.none()
     serializer_class = ProviderSerializer
@@ -220,6 +229,7 @@ class ProviderViewSet(CappedViewSet):
     limit_setting = "PROVIDERS_MAX_PER_USER"
 
 
+@capped_schema(McpServerSerializer)
 class McpServerViewSet(CappedViewSet):
     queryset = McpServer.objects.none()
     serializer_class = McpServerSerializer
@@ -229,7 +239,7 @@ class McpServerViewSet(CappedViewSet):
     @extend_schema(
         request=None,
         responses={
-            200: McpToolSerializer(many=True),
+            200: McpToolsSerializer,
             502: openapi.error("`mcp_unreachable`: the server could not be listed; why."),
         },
     )

@@ -143,12 +143,18 @@ EVENTS = {
         ),
     ),
     "tool.started": (
-        "A tool call begins (`arguments`: JSON text).",
-        _data(call=TEXT, name=TEXT, arguments=TEXT),
+        "A tool call begins (`arguments`: JSON text; `server`: the MCP server the tool comes"
+        " from, null for a built-in). The calls of one model turn run at once.",
+        _data(call=TEXT, name=TEXT, arguments=TEXT, server=TEXT_OR_NULL),
     ),
     "tool.done": (
         "Its result: `output`, or `error`.",
-        _data(call=TEXT, name=TEXT, output=TEXT_OR_NULL, error=TEXT_OR_NULL),
+        _data(call=TEXT, name=TEXT, output=TEXT_OR_NULL, error=TEXT_OR_NULL, server=TEXT_OR_NULL),
+    ),
+    "model.retry": (
+        "A model call failed before any output (connection, timeout, 429, 5xx) and is tried"
+        " again in `delay` seconds; `attempt` counts from 1, up to LLM_MAX_RETRIES.",
+        _data(attempt=INTEGER, delay={"type": "number"}, reason=TEXT),
     ),
     "usage": ("The tokens the run used.", _data(input_tokens=INTEGER, output_tokens=INTEGER)),
     "step.started": ("A workflow step begins.", _data(**STEP)),

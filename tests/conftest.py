@@ -28,7 +28,7 @@ settings.EVENTSTREAM_REDIS = {**settings.EVENTSTREAM_REDIS, "port": SESSION_REDI
 
 from django_celery_beat.models import PeriodicTask  # noqa: E402
 
-from agents.models import Agent, ApiKey, create_thread  # noqa: E402
+from agents.models import Agent, ApiKey, McpServer, Provider, create_thread  # noqa: E402
 from runs import stream  # noqa: E402  (after the settings above)
 from runs.models import Message, Run, Thread  # noqa: E402
 from scheduling.models import Schedule  # noqa: E402
@@ -116,6 +116,7 @@ def start_live(tmp, **env):
         RUN_REAPER_SECONDS="1",
         RUN_REQUEUE_SECONDS="3",
         LLM_BASE_URL="http://127.0.0.1:9/v1",  # nothing listens: a model that cannot be reached
+        MCP_ALLOW_PRIVATE="1",  # the tests' MCP servers listen on 127.0.0.1
         **env,
     )
     processes.start_web()
@@ -214,7 +215,8 @@ def start(live, headers, thread, message="Tell me something", **body):
 
 def saved():
     """Every row a request could write, to compare before and after one that must save nothing."""
-    models = [Agent, Thread, Message, Run, StepRun, Workflow, Schedule, PeriodicTask]
+    models = [Agent, Provider, McpServer, Thread, Message, Run, StepRun, Workflow, Schedule,
+              PeriodicTask]  # fmt: skip
     return {model.__name__: list(model.objects.order_by("pk").values()) for model in models}
 
 
