@@ -36,7 +36,10 @@ class TooMany(ServiceError):
 
 
 class Unreachable(ServiceError):
-    status = 502
+    """The user's server could not be listed: their configuration or their server is at fault,
+    not this service, so a 4xx (Failed Dependency), with the reason."""
+
+    status = 424
     code = "mcp_unreachable"
 
 
@@ -240,7 +243,7 @@ class McpServerViewSet(CappedViewSet):
         request=None,
         responses={
             200: McpToolsSerializer,
-            502: openapi.error("`mcp_unreachable`: the server could not be listed; why."),
+            424: openapi.error("`mcp_unreachable`: the server could not be listed; why."),
         },
     )
     @action(detail=True, methods=["post"])

@@ -15,7 +15,7 @@ import schemathesis
 from django.test import Client
 from rest_framework.test import APIClient
 
-from agents.models import create_thread
+from agents.models import McpServer, Provider, create_thread
 from agents.services import agent_start
 from config import urls
 from runs import http, stream
@@ -143,7 +143,8 @@ def fuzzed(transactional_db, tmp_path):
     see that every operation refuses them), and the throttle on failed authentication would
     soon answer everything 429. The failures it counted go after it, so that they throttle no
     later test (the same address, the same Redis)."""
-    processes = start_live(tmp_path, AUTH_FAILURE_LIMIT=str(10**9))
+    # a fuzzed MCP server's URL may name an address that never answers: refresh waits 3 s, not 10
+    processes = start_live(tmp_path, AUTH_FAILURE_LIMIT=str(10**9), MCP_LIST_TIMEOUT="3")
     yield processes
     processes.stop_all()
     client = stream.client()
@@ -162,7 +163,11 @@ def test_the_live_api_answers_as_its_schema_says(fuzzed, alice, tmp_path):
         owner=alice, name="Hourly", target="agent", agent=alice.agents.get(), prompt="Hi",
         cron="0 * * * *",
     )  # fmt: skip
+    provider = Provider.objects.create(owner=alice, name="P", base_url="http://127.0.0.1:9/v1")
+    server = McpServer.objects.create(owner=alice, name="m", url="http://127.0.0.1:9/mcp")
     owned = {
+        "providers": [provider.pk],
+        "mcp-servers": [server.pk],
         "agents": list(alice.agents.values_list("pk", flat=True)),
         "threads": list(alice.threads.values_list("pk", flat=True)),
         "runs": [str(pk) for pk in alice.runs.values_list("pk", flat=True)],

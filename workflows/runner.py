@@ -94,7 +94,7 @@ class WorkflowLoop(AgentLoop):
         # the author named the tool in the definition: that is its permission
         result = self._run_tool(call, step["tool"], arguments, allowed=[step["tool"]])
         stream.emit(self.run.pk, "tool.done", call=call, name=step["tool"],
-                    output=result.output, error=result.error)  # fmt: skip
+                    output=result.output, error=result.error, server=None)  # fmt: skip
         if result.error is not None:
             raise StepFailed(result.error)
         return result.output

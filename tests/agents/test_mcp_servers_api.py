@@ -47,10 +47,10 @@ def test_refresh_lists_the_tools_as_the_model_sees_them(alice_api, mcp_server, p
     assert all(len(tool["name"]) <= 64 for tool in r.data["tools"])
 
 
-def test_a_server_that_is_down_answers_502_with_what_to_do(alice_api, private_ok):
+def test_a_server_that_is_down_answers_424_with_what_to_do(alice_api, private_ok):
     r = add(alice_api, "http://127.0.0.1:9/mcp")
     r = alice_api.post(f"/api/mcp-servers/{r.data['id']}/refresh/")
-    assert r.status_code == 502 and r.data["code"] == "mcp_unreachable"
+    assert r.status_code == 424 and r.data["code"] == "mcp_unreachable"
     assert "cannot reach" in r.data["detail"] and "127.0.0.1:9" in r.data["detail"]
     assert McpServer.objects.get().tools_error == r.data["detail"]
 
@@ -58,7 +58,7 @@ def test_a_server_that_is_down_answers_502_with_what_to_do(alice_api, private_ok
 def test_a_wrong_token_is_an_error_the_user_can_act_on(alice_api, mcp_server, private_ok):
     r = add(alice_api, mcp_server.url, headers={"Authorization": "Bearer wrong"})
     r = alice_api.post(f"/api/mcp-servers/{r.data['id']}/refresh/")
-    assert r.status_code == 502 and "401" in r.data["detail"], r.data
+    assert r.status_code == 424 and "401" in r.data["detail"], r.data
     assert "wrong" not in r.data["detail"]
 
 
