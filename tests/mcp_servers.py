@@ -1,9 +1,11 @@
 """MCP servers for the tests, built on the SDK's own server side: over streamable HTTP on
 127.0.0.1 in a thread of the test process, or over stdio when this file is run as a script."""
 
+import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 import anyio
 import uvicorn
@@ -14,8 +16,9 @@ TOKEN = "Bearer test-secret-token"
 LONG_NAME = "look_up_the_weather_forecast_for_a_city_over_the_next_several_days_in_detail"
 
 
-def build(events=None):
-    """The test server; `events` (a dict of threading.Events, or None) learns what hang() saw."""
+def build(events=None, marks=None):
+    """The test server. What hang() does is told to `events` (threading.Events, in the test
+    process), or as files in the directory `marks` (from a stdio server)."""
     server = MCPServer("relay-test", log_level="CRITICAL")
 
     @server.tool(description="Repeat the text.")
@@ -34,6 +37,8 @@ def build(events=None):
     async def hang() -> str:
         if events is not None:
             events["hang_started"].set()
+        if marks is not None:
+            (marks / "hang").touch()
         try:
             await anyio.sleep(60)
         except anyio.get_cancelled_exc_class():
@@ -124,4 +129,7 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["exit"]:
         print("cannot start: the configuration is missing", file=sys.stderr)
         sys.exit(3)
-    build().run("stdio")
+    marks = os.environ.get("MCP_TEST_MARKS")  # a directory: the pid, and whether hang() began
+    if marks:
+        (Path(marks) / "pid").write_text(str(os.getpid()))
+    build(marks=Path(marks) if marks else None).run("stdio")

@@ -6,6 +6,7 @@ negotiate, one request, close), so that no connection outlives the call that nee
 """
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -197,7 +198,7 @@ def _run(coroutine, *, timeout, stop, timed_out):
 
 async def _list_tools(server):
     tools = []
-    async with _session(server) as client:
+    async with _Session(server) as client:
         cursor = None
         for _ in range(MAX_PAGES):
             page = await client.list_tools(cursor=cursor)
@@ -212,7 +213,7 @@ async def _list_tools(server):
 
 
 async def _call_tool(server, tool, arguments):
-    async with _session(server) as client:
+    async with _Session(server) as client:
         result = await client.call_tool(tool, arguments)
     text = _text(result)
     if result.is_error:
@@ -220,13 +221,13 @@ async def _call_tool(server, tool, arguments):
     return text
 
 
-class _session:
+class _Session:
     """A connected Client; every failure on the way comes out as an McpError."""
 
     def __init__(self, server):
         self.server = server
         self.stack = AsyncExitStack()
-        self.answers = []  # the HTTP responses that were errors: (status, reason, body excerpt)
+        self.answer = None  # the last POST's answer, if an error: (status, reason, body excerpt)
         self.errors = ""  # the end of a stdio server's standard error
 
     async def __aenter__(self):
@@ -286,11 +287,17 @@ class _session:
         return streamable_http_client(server.url, http_client=http, max_sse_event_size=MAX_RESPONSE)
 
     async def _note(self, response):
+        # The SDK turns a refusal into "Server returned an error response": the status is what
+        # tells a user what to fix. Only POSTs: those carry the requests, and a GET stream that
+        # the server does not offer (405) is no failure.
+        if response.request.method != "POST":
+            return
+        self.answer = None
         if response.status_code >= 400:
             body = ""
             if int(response.headers.get("content-length") or MAX_STDERR + 1) <= MAX_STDERR:
                 body = (await response.aread()).decode("utf-8", "replace").strip()
-            self.answers.append((response.status_code, response.reason_phrase, body))
+            self.answer = (response.status_code, response.reason_phrase, body)
 
     def _stdio(self):
         server = self.server
@@ -320,17 +327,20 @@ class _session:
         if found is not None:
             return found
         where = _where(self.server)
-        if self.answers:
-            status, reason, body = self.answers[-1]
+        if self.answer is not None:
+            status, reason, body = self.answer
             return McpError(f"{where} answered {status} {reason}" + (f": {body}" if body else ""))
-        if self.server.transport == "stdio":
-            if isinstance(exc, OSError) and not _find(exc, MCPError):
-                return McpError(f"cannot start the command {self.server.command[0]}: {exc}")
-            return McpError(f"the command {self.server.command[0]} exited: {self.errors}")
-        unreachable = _unreachable(exc)
-        if unreachable is not None:
-            return McpError(f"cannot reach {where}: {unreachable}")
         mcp_error = _find(exc, MCPError)
+        if self.server.transport == "stdio":
+            program = self.server.command[0]
+            if mcp_error is None and isinstance(exc, OSError):
+                return McpError(f"cannot start the command {program}: {exc}")
+            if mcp_error is None or mcp_error.error.code == types.CONNECTION_CLOSED:
+                return McpError(f"the command {program} exited: {self.errors}")
+        else:
+            unreachable = _unreachable(exc)
+            if unreachable is not None:
+                return McpError(f"cannot reach {where}: {unreachable}")
         if mcp_error is not None:
             return McpError(f"{where} answered with an error: {mcp_error.error.message}")
         logger.warning("MCP session failed", exc_info=exc)
@@ -343,7 +353,7 @@ class _PinnedTransport(httpx2.AsyncBaseTransport):
 
     def __init__(self, host, addresses):
         self._host, self._addresses = host, addresses
-        self._inner = httpx2.AsyncHTTPTransport()
+        self._inner = httpx2.AsyncHTTPTransport(verify=_tls())
 
     async def handle_async_request(self, request):
         if request.url.host != self._host:  # the SDK follows redirects within the origin only
@@ -368,6 +378,12 @@ class _PinnedTransport(httpx2.AsyncBaseTransport):
 
     async def aclose(self):
         await self._inner.aclose()
+
+
+@functools.cache
+def _tls():
+    # Shared: loading the system's certificates takes 17 ms, more than the rest of a call.
+    return httpx2.create_ssl_context()
 
 
 class _Limited(httpx2.AsyncByteStream):

@@ -1,6 +1,8 @@
 """Tests for the MCP client (agents/tools/mcp.py), against the SDK's own servers in
 tests/mcp_servers.py: over streamable HTTP on 127.0.0.1, and over stdio."""
 
+import contextlib
+import os
 import re
 import socket
 import sys
@@ -13,6 +15,7 @@ import pytest
 from agents.llm import StopSignal
 from agents.tools import mcp
 
+from conftest import wait_for
 from mcp_servers import LONG_NAME, TOKEN, HttpServer
 
 STDIO_SCRIPT = str(Path(__file__).resolve().parent.parent / "mcp_servers.py")
@@ -38,18 +41,34 @@ def over_http(server, **options):
     return mcp.Server("test", "streamable-http", url=server.url, allow_private=True, **options)
 
 
-def over_stdio(*args):
-    return mcp.Server("local", "stdio", command=(sys.executable, STDIO_SCRIPT, *args))
+def over_stdio(*args, marks=None):
+    env = {"MCP_TEST_MARKS": str(marks)} if marks else {}
+    return mcp.Server("local", "stdio", command=(sys.executable, STDIO_SCRIPT, *args), env=env)
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is ended too: only its parent's wait is missing
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    return True
 
 
 def stop_after(event, stop):
-    """Sets `stop` once `event` is set, in another thread; the time it did so comes back."""
+    """Sets `stop` once `event` happened (an Event, or a function that says), in another
+    thread; the time it did so comes back."""
     stopped = []
 
     def target():
-        if event.wait(10):
-            stopped.append(time.monotonic())
-            stop.set()
+        if isinstance(event, threading.Event):
+            event.wait(10)
+        else:
+            wait_for(event, timeout=10, interval=0.01)
+        stopped.append(time.monotonic())
+        stop.set()
 
     threading.Thread(target=target, daemon=True).start()
     return stopped
@@ -118,14 +137,15 @@ def test_a_stop_ends_a_call_over_streamable_http_at_once(http_server):
     assert http_server.events["hang_cancelled"].wait(5)
 
 
-def test_a_stop_ends_a_call_over_stdio_at_once():
+def test_a_stop_ends_a_call_over_stdio_at_once(tmp_path):
     stop = StopSignal()
-    started = threading.Event()
-    stopped = stop_after(started, stop)
-    threading.Timer(1.5, started.set).start()  # the server started and is in hang() by then
+    stopped = stop_after((tmp_path / "hang").exists, stop)
     with pytest.raises(mcp.McpStopped):
-        mcp.call_tool(over_stdio(), "hang", {}, timeout=30, stop=stop)
+        mcp.call_tool(over_stdio(marks=tmp_path), "hang", {}, timeout=30, stop=stop)
     assert time.monotonic() - stopped[0] < 0.5
+    # and the server is stopped, in the background (stdin closed, then SIGTERM after 2 s)
+    pid = int((tmp_path / "pid").read_text())
+    wait_for(lambda: not alive(pid), timeout=8, message="the stdio server to end")
 
 
 def test_a_stop_before_the_call_ends_it_at_once(http_server):
@@ -257,6 +277,17 @@ def test_it_says_what_a_stdio_server_that_exited_wrote():
     assert str(error.value) == (
         f"the command {sys.executable} exited: cannot start: the configuration is missing"
     )
+
+
+def test_it_says_what_a_server_answers_to_an_unknown_tool(http_server):
+    with pytest.raises(mcp.McpError, match="nope"):
+        mcp.call_tool(over_http(http_server), "nope", {}, timeout=5)
+
+
+def test_it_says_what_a_stdio_server_answers_to_an_unknown_tool():
+    with pytest.raises(mcp.McpError) as error:
+        mcp.call_tool(over_stdio(), "nope", {}, timeout=10)
+    assert "exited" not in str(error.value) and "nope" in str(error.value)
 
 
 def test_it_says_when_a_stdio_command_does_not_exist():
