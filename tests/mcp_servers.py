@@ -5,10 +5,15 @@ import os
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
 import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
@@ -62,6 +67,20 @@ def build(events=None, marks=None):
     return server
 
 
+class _Redirect:
+    """Answers every request with a redirect to `location`."""
+
+    def __init__(self, location):
+        self.location = location
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return
+        headers = [(b"location", self.location.encode()), (b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": 307, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+
 class _RequireToken:
     """Answers 401 to a request without the test token, as a server behind auth does."""
 
@@ -88,15 +107,49 @@ class _RequireToken:
         await self.app(scope, receive, send)
 
 
+def self_signed(directory, host):
+    """A certificate for `host` and its key, as files in `directory`: (certificate, key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    certificate_file, key_file = Path(directory) / "cert.pem", Path(directory) / "key.pem"
+    certificate_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(certificate_file), str(key_file)
+
+
 class HttpServer:
     """The test server over streamable HTTP on 127.0.0.1 and a free port, in a thread."""
 
-    def __init__(self, require_token=False):
+    def __init__(self, require_token=False, tls=None, redirect_to=None):
+        """`tls`: (certificate file, key file) to serve https; `redirect_to`: a URL that every
+        request is redirected to, instead of an MCP server."""
         self.events = {"hang_started": threading.Event(), "hang_cancelled": threading.Event()}
         self.port = self.url = None  # known once it listens
+        self.scheme = "https" if tls else "http"
         app = build(self.events).streamable_http_app()
         if require_token:
             app = _RequireToken(app)
+        if redirect_to:
+            app = _Redirect(redirect_to)
         config = uvicorn.Config(
             app,
             host="127.0.0.1",
@@ -104,6 +157,8 @@ class HttpServer:
             log_level="warning",
             lifespan="on",
             timeout_graceful_shutdown=1,
+            ssl_certfile=tls[0] if tls else None,
+            ssl_keyfile=tls[1] if tls else None,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="mcp-test-server", daemon=True)
@@ -116,7 +171,7 @@ class HttpServer:
                 raise RuntimeError("the MCP test server did not start")
             time.sleep(0.02)
         self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.url = f"{self.scheme}://127.0.0.1:{self.port}/mcp"
         return self
 
     def stop(self):

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import ssl
 import tempfile
 import threading
 from contextlib import AsyncExitStack
@@ -470,6 +471,10 @@ def _unreachable(exc):
         return None
     if error.errno is None and isinstance(error.__cause__, OSError):
         error = error.__cause__  # anyio's "All connection attempts failed" has the reason there
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"its certificate is refused: {error.verify_message}"
+    if isinstance(error, ssl.SSLError):
+        return f"TLS failed: {error.reason or error}"
     if error.errno is not None and error.errno > 0:
         return os.strerror(error.errno).lower()
     return str(error) or type(error).__name__

@@ -5,6 +5,7 @@ import contextlib
 import os
 import re
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -16,7 +17,7 @@ from agents.llm import StopSignal
 from agents.tools import mcp
 
 from conftest import wait_for
-from mcp_servers import LONG_NAME, TOKEN, HttpServer
+from mcp_servers import LONG_NAME, TOKEN, HttpServer, self_signed
 
 STDIO_SCRIPT = str(Path(__file__).resolve().parent.parent / "mcp_servers.py")
 TOOLS = {"echo", "add", "fail", "hang", "get.weather", LONG_NAME, "big"}
@@ -231,6 +232,36 @@ def test_it_connects_to_the_addresses_it_checked_and_looks_up_no_other(http_serv
     server = mcp.Server("test", "streamable-http", url, allow_private=True)
     assert mcp.call_tool(server, "echo", {"text": "pinned"}, timeout=5) == "pinned"
     assert lookups == ["localhost"]
+
+
+def test_it_checks_the_certificate_against_the_host_not_the_address(tmp_path, monkeypatch):
+    certificate, key = self_signed(tmp_path, "localhost")
+    monkeypatch.setattr(mcp, "_tls", lambda: ssl.create_default_context(cafile=certificate))
+    server = HttpServer(tls=(certificate, key)).start()
+    try:
+        url = f"https://localhost:{server.port}/mcp"
+        by_name = mcp.Server("test", "streamable-http", url, allow_private=True)
+        assert mcp.call_tool(by_name, "echo", {"text": "over TLS"}, timeout=5) == "over TLS"
+
+        by_address = mcp.Server("test", "streamable-http", server.url, allow_private=True)
+        with pytest.raises(mcp.McpError) as error:
+            mcp.call_tool(by_address, "echo", {"text": "over TLS"}, timeout=5)
+        assert str(error.value).startswith(
+            f"cannot reach the MCP server at {server.url}: its certificate is refused:"
+        )
+        assert "127.0.0.1" in str(error.value)
+    finally:
+        server.stop()
+
+
+def test_it_does_not_follow_a_redirect_to_another_server(http_server):
+    redirecting = HttpServer(redirect_to=f"http://localhost:{http_server.port}/mcp").start()
+    try:
+        server = mcp.Server("test", "streamable-http", redirecting.url, allow_private=True)
+        with pytest.raises(mcp.McpError, match="not followed"):
+            mcp.list_tools(server, timeout=5)
+    finally:
+        redirecting.stop()
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/mcp", "file:///etc/passwd", "example.com"])
