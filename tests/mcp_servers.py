@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
+import mcp_types as types
 import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -59,6 +60,24 @@ def build(events=None, marks=None):
     @server.tool(name=LONG_NAME, description="A tool whose name is too long for the models.")
     def long_named() -> str:
         return "long"
+
+    @server.tool(description="Text, an image, a link and a resource.")
+    def mixed() -> types.CallToolResult:
+        return types.CallToolResult(
+            content=[
+                types.TextContent(type="text", text="some text"),
+                types.ImageContent(type="image", data="aGVsbG8h", mime_type="image/png"),
+                types.ResourceLink(type="resource_link", name="doc", uri="https://example.com/a"),
+                types.EmbeddedResource(
+                    type="resource",
+                    resource=types.TextResourceContents(uri="file:///notes", text="the notes"),
+                ),
+            ]
+        )
+
+    @server.tool(description="Structured content and no text.")
+    def structured() -> types.CallToolResult:
+        return types.CallToolResult(content=[], structured_content={"temperature": 21.5})
 
     @server.tool(description="A large text.")
     def big(size: int) -> str:

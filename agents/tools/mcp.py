@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 MAX_TEXT = 1_000_000  # characters of a tool's result, before the registry's own cap
 MAX_RESPONSE = 4 * 1024 * 1024  # bytes of one HTTP response
 MAX_PAGES = 20  # of a tool listing
-MAX_STDERR = 500  # characters of a stdio server's error output quoted in a message
+MAX_EXCERPT = 500  # characters of an error response or a stdio server's stderr, in a message
 CLIENT = types.Implementation(name="relay", version="1")
 
 
@@ -296,7 +296,7 @@ class _Session:
         self.answer = None
         if response.status_code >= 400:
             body = ""
-            if int(response.headers.get("content-length") or MAX_STDERR + 1) <= MAX_STDERR:
+            if int(response.headers.get("content-length") or MAX_EXCERPT + 1) <= MAX_EXCERPT:
                 body = (await response.aread()).decode("utf-8", "replace").strip()
             self.answer = (response.status_code, response.reason_phrase, body)
 
@@ -317,8 +317,8 @@ class _Session:
 
     def _keep_errors(self, stderr):
         stderr.seek(0, os.SEEK_END)
-        stderr.seek(max(0, stderr.tell() - MAX_STDERR * 4))
-        self.errors = stderr.read().strip()[-MAX_STDERR:] or "(nothing on its standard error)"
+        stderr.seek(max(0, stderr.tell() - MAX_EXCERPT * 4))
+        self.errors = stderr.read().strip()[-MAX_EXCERPT:] or "(nothing on its standard error)"
 
     def _error(self, exc):
         """The McpError that says what `exc`, from anywhere in the SDK, means to a user."""
@@ -345,7 +345,10 @@ class _Session:
         if mcp_error is not None:
             return McpError(f"{where} answered with an error: {mcp_error.error.message}")
         logger.warning("MCP session failed", exc_info=exc)
-        return McpError(f"{where} failed: {type(exc).__name__}")
+        detail = str(exc)  # e.g. the SDK's "Invalid structured content returned by tool ..."
+        if len(detail) > MAX_EXCERPT:
+            detail = detail[: MAX_EXCERPT - 3] + "..."
+        return McpError(f"{where} failed: {type(exc).__name__}" + (f": {detail}" if detail else ""))
 
 
 class _PinnedTransport(httpx2.AsyncBaseTransport):

@@ -20,7 +20,7 @@ from conftest import wait_for
 from mcp_servers import LONG_NAME, TOKEN, HttpServer, self_signed
 
 STDIO_SCRIPT = str(Path(__file__).resolve().parent.parent / "mcp_servers.py")
-TOOLS = {"echo", "add", "fail", "hang", "get.weather", LONG_NAME, "big"}
+TOOLS = {"echo", "add", "fail", "hang", "get.weather", LONG_NAME, "mixed", "structured", "big"}
 
 
 @pytest.fixture
@@ -106,6 +106,17 @@ def test_it_calls_a_tool_over_stdio():
 def test_it_raises_the_text_of_a_tool_that_failed(http_server):
     with pytest.raises(mcp.McpToolError, match="the tool failed on purpose"):
         mcp.call_tool(over_http(http_server), "fail", {}, timeout=5)
+
+
+def test_it_describes_content_that_is_not_text(http_server):
+    assert mcp.call_tool(over_http(http_server), "mixed", {}, timeout=5) == (
+        "some text\n[image: image/png, 6 bytes]\n[resource link: https://example.com/a]\nthe notes"
+    )
+
+
+def test_it_gives_structured_content_as_json(http_server):
+    text = mcp.call_tool(over_http(http_server), "structured", {}, timeout=5)
+    assert text == '{"temperature": 21.5}'
 
 
 def test_it_cuts_a_long_result(http_server, monkeypatch):
