@@ -96,7 +96,7 @@ def call_tool(server, tool, arguments, *, timeout=None, stop=None) -> str:
     )
 
 
-_MODEL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # what OpenAI and Anthropic accept
+_MODEL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # what OpenAI and Anthropic accept
 
 
 def model_names(server_name, tool_names) -> dict[str, str]:
@@ -109,19 +109,21 @@ def model_names(server_name, tool_names) -> dict[str, str]:
     changed = []
     for tool in sorted(set(tool_names)):
         name = f"{server_name}__{tool}"
-        if _MODEL_NAME.match(name):
+        if _MODEL_NAME.fullmatch(name):
             names[name] = tool
         else:
             changed.append((name, tool))
     for name, tool in changed:
         clean = re.sub(r"[^a-zA-Z0-9_-]", "_", name)
         digest = hashlib.sha256(name.encode()).hexdigest()
-        for length in (8, 16, 64):  # longer only if a shorter one is taken
+        for length in (8, 16, 32):  # longer only if a shorter one is taken
             suffix = "_" + digest[:length]
             candidate = clean[: 64 - len(suffix)] + suffix
             if candidate not in names:
+                names[candidate] = tool
                 break
-        names[candidate] = tool
+        else:  # 128 bits of SHA-256 alike: not in this universe
+            raise ValueError(f"no unique model name for {name!r}")
     return names
 
 

@@ -1,7 +1,9 @@
 """Tests for the MCP client (agents/tools/mcp.py), against the SDK's own servers in
 tests/mcp_servers.py: over streamable HTTP on 127.0.0.1, and over stdio."""
 
+import asyncio
 import contextlib
+import hashlib
 import os
 import re
 import socket
@@ -75,6 +77,19 @@ def stop_after(event, stop):
     return stopped
 
 
+def tasks_on_the_loop():
+    """How many tasks the MCP event loop has besides the one that counts them."""
+
+    async def count():
+        return len(asyncio.all_tasks()) - 1
+
+    return asyncio.run_coroutine_threadsafe(count(), mcp._loop.get()).result(5)
+
+
+def nothing_left_on_the_loop():
+    wait_for(lambda: tasks_on_the_loop() == 0, timeout=8, message="the loop's tasks to end")
+
+
 # listing
 
 
@@ -138,6 +153,19 @@ def test_it_times_out_a_call_that_hangs(http_server):
     assert time.monotonic() - started < 1
     # the request was closed, and the server cancelled the tool
     assert http_server.events["hang_cancelled"].wait(5)
+    nothing_left_on_the_loop()
+
+
+def test_it_says_when_a_server_does_not_answer():
+    with socket.socket() as sock:  # connections are made, and never accepted nor answered
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
+        server = mcp.Server("silent", "streamable-http", url, allow_private=True)
+        with pytest.raises(mcp.McpTimeoutError) as error:
+            mcp.list_tools(server, timeout=0.3)
+    assert str(error.value) == f"the MCP server at {url} did not answer within 0.3 s"
+    nothing_left_on_the_loop()
 
 
 def test_a_stop_ends_a_call_over_streamable_http_at_once(http_server):
@@ -147,6 +175,7 @@ def test_a_stop_ends_a_call_over_streamable_http_at_once(http_server):
         mcp.call_tool(over_http(http_server), "hang", {}, timeout=30, stop=stop)
     assert time.monotonic() - stopped[0] < 0.5
     assert http_server.events["hang_cancelled"].wait(5)
+    nothing_left_on_the_loop()
 
 
 def test_a_stop_ends_a_call_over_stdio_at_once(tmp_path):
@@ -158,6 +187,7 @@ def test_a_stop_ends_a_call_over_stdio_at_once(tmp_path):
     # and the server is stopped, in the background (stdin closed, then SIGTERM after 2 s)
     pid = int((tmp_path / "pid").read_text())
     wait_for(lambda: not alive(pid), timeout=8, message="the stdio server to end")
+    nothing_left_on_the_loop()
 
 
 def test_a_stop_before_the_call_ends_it_at_once(http_server):
@@ -367,15 +397,32 @@ def test_it_calls_a_tool_whose_name_the_model_cannot_use(http_server):
 
 
 def test_model_names_follow_the_providers_rule_and_never_collide():
-    tools = ["a.b", "a_b", "a b", "x" * 80, "x" * 81, "ok-name", "émoji🙂"]
+    tools = ["a.b", "a_b", "a b", "x" * 80, "x" * 81, "ok-name", "émoji🙂", "line\n", ""]
     names = mcp.model_names("my server", tools)
     assert sorted(names.values()) == sorted(tools)
     assert all(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", name) for name in names)
 
     names = mcp.model_names("srv", tools)
+    assert all(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", name) for name in names)
     assert names["srv__a_b"] == "a_b"  # a valid name stays as it is
     assert names["srv__ok-name"] == "ok-name"
     assert len(names) == len(tools)
+
+
+def test_model_names_stay_unique_when_their_hashes_begin_alike(monkeypatch):
+    sha256 = hashlib.sha256
+
+    class Digest:  # every name's hash begins with the same 16 digits
+        def __init__(self, data):
+            self.data = data
+
+        def hexdigest(self):
+            return "0" * 16 + sha256(self.data).hexdigest()[16:]
+
+    monkeypatch.setattr(mcp.hashlib, "sha256", Digest)
+    names = mcp.model_names("srv", ["a.b", "a,b", "a;b"])
+    assert sorted(names.values()) == ["a,b", "a.b", "a;b"]
+    assert all(len(name) <= 64 for name in names)
 
 
 def test_model_names_are_the_same_in_any_order_and_any_process():
