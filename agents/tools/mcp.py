@@ -2,7 +2,10 @@
 
 The SDK is async: its coroutines run on one event loop per process, in a thread of its own, and
 the calling thread waits for them. Each listing or call opens a session of its own (connect,
-negotiate, one request, close), so that no connection outlives the call that needed it.
+negotiate, one request, close), so that no connection outlives the call that needed it. That
+costs about 7 ms a call over streamable HTTP on loopback (discover, the call, and the listing the
+SDK fetches to check a result against the tool's output schema), and a process start per call
+over stdio.
 """
 
 import asyncio
@@ -63,11 +66,11 @@ class McpToolError(McpError):
 
 
 class McpTimeoutError(McpError, TimeoutError):
-    pass
+    """The server did not answer in time; the call was cancelled."""
 
 
 class McpStopped(McpError):
-    pass
+    """The run was stopped; the call was cancelled."""
 
 
 def list_tools(server, *, timeout=None) -> list[dict]:
