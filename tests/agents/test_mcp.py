@@ -1,8 +1,13 @@
 """Tests for the MCP client (agents/tools/mcp.py), against the SDK's own servers in
 tests/mcp_servers.py: over streamable HTTP on 127.0.0.1, and over stdio."""
 
+import asyncio
+import contextlib
+import hashlib
+import os
 import re
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -13,10 +18,11 @@ import pytest
 from agents.llm import StopSignal
 from agents.tools import mcp
 
-from mcp_servers import LONG_NAME, TOKEN, HttpServer
+from conftest import wait_for
+from mcp_servers import LONG_NAME, TOKEN, HttpServer, self_signed
 
 STDIO_SCRIPT = str(Path(__file__).resolve().parent.parent / "mcp_servers.py")
-TOOLS = {"echo", "add", "fail", "hang", "get.weather", LONG_NAME, "big"}
+TOOLS = {"echo", "add", "fail", "hang", "get.weather", LONG_NAME, "mixed", "structured", "big"}
 
 
 @pytest.fixture
@@ -38,21 +44,50 @@ def over_http(server, **options):
     return mcp.Server("test", "streamable-http", url=server.url, allow_private=True, **options)
 
 
-def over_stdio(*args):
-    return mcp.Server("local", "stdio", command=(sys.executable, STDIO_SCRIPT, *args))
+def over_stdio(*args, marks=None):
+    env = {"MCP_TEST_MARKS": str(marks)} if marks else {}
+    return mcp.Server("local", "stdio", command=(sys.executable, STDIO_SCRIPT, *args), env=env)
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is ended too: only its parent's wait is missing
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    return True
 
 
 def stop_after(event, stop):
-    """Sets `stop` once `event` is set, in another thread; the time it did so comes back."""
+    """Sets `stop` once `event` happened (an Event, or a function that says), in another
+    thread; the time it did so comes back."""
     stopped = []
 
     def target():
-        if event.wait(10):
-            stopped.append(time.monotonic())
-            stop.set()
+        if isinstance(event, threading.Event):
+            event.wait(10)
+        else:
+            wait_for(event, timeout=10, interval=0.01)
+        stopped.append(time.monotonic())
+        stop.set()
 
     threading.Thread(target=target, daemon=True).start()
     return stopped
+
+
+def tasks_on_the_loop():
+    """How many tasks the MCP event loop has besides the one that counts them."""
+
+    async def count():
+        return len(asyncio.all_tasks()) - 1
+
+    return asyncio.run_coroutine_threadsafe(count(), mcp._loop.get()).result(5)
+
+
+def nothing_left_on_the_loop():
+    wait_for(lambda: tasks_on_the_loop() == 0, timeout=8, message="the loop's tasks to end")
 
 
 # listing
@@ -88,6 +123,17 @@ def test_it_raises_the_text_of_a_tool_that_failed(http_server):
         mcp.call_tool(over_http(http_server), "fail", {}, timeout=5)
 
 
+def test_it_describes_content_that_is_not_text(http_server):
+    assert mcp.call_tool(over_http(http_server), "mixed", {}, timeout=5) == (
+        "some text\n[image: image/png, 6 bytes]\n[resource link: https://example.com/a]\nthe notes"
+    )
+
+
+def test_it_gives_structured_content_as_json(http_server):
+    text = mcp.call_tool(over_http(http_server), "structured", {}, timeout=5)
+    assert text == '{"temperature": 21.5}'
+
+
 def test_it_cuts_a_long_result(http_server, monkeypatch):
     monkeypatch.setattr(mcp, "MAX_TEXT", 1000)
     text = mcp.call_tool(over_http(http_server), "big", {"size": 5000}, timeout=5)
@@ -107,6 +153,19 @@ def test_it_times_out_a_call_that_hangs(http_server):
     assert time.monotonic() - started < 1
     # the request was closed, and the server cancelled the tool
     assert http_server.events["hang_cancelled"].wait(5)
+    nothing_left_on_the_loop()
+
+
+def test_it_says_when_a_server_does_not_answer():
+    with socket.socket() as sock:  # connections are made, and never accepted nor answered
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
+        server = mcp.Server("silent", "streamable-http", url, allow_private=True)
+        with pytest.raises(mcp.McpTimeoutError) as error:
+            mcp.list_tools(server, timeout=0.3)
+    assert str(error.value) == f"the MCP server at {url} did not answer within 0.3 s"
+    nothing_left_on_the_loop()
 
 
 def test_a_stop_ends_a_call_over_streamable_http_at_once(http_server):
@@ -116,16 +175,19 @@ def test_a_stop_ends_a_call_over_streamable_http_at_once(http_server):
         mcp.call_tool(over_http(http_server), "hang", {}, timeout=30, stop=stop)
     assert time.monotonic() - stopped[0] < 0.5
     assert http_server.events["hang_cancelled"].wait(5)
+    nothing_left_on_the_loop()
 
 
-def test_a_stop_ends_a_call_over_stdio_at_once():
+def test_a_stop_ends_a_call_over_stdio_at_once(tmp_path):
     stop = StopSignal()
-    started = threading.Event()
-    stopped = stop_after(started, stop)
-    threading.Timer(1.5, started.set).start()  # the server started and is in hang() by then
+    stopped = stop_after((tmp_path / "hang").exists, stop)
     with pytest.raises(mcp.McpStopped):
-        mcp.call_tool(over_stdio(), "hang", {}, timeout=30, stop=stop)
+        mcp.call_tool(over_stdio(marks=tmp_path), "hang", {}, timeout=30, stop=stop)
     assert time.monotonic() - stopped[0] < 0.5
+    # and the server is stopped, in the background (stdin closed, then SIGTERM after 2 s)
+    pid = int((tmp_path / "pid").read_text())
+    wait_for(lambda: not alive(pid), timeout=8, message="the stdio server to end")
+    nothing_left_on_the_loop()
 
 
 def test_a_stop_before_the_call_ends_it_at_once(http_server):
@@ -213,6 +275,36 @@ def test_it_connects_to_the_addresses_it_checked_and_looks_up_no_other(http_serv
     assert lookups == ["localhost"]
 
 
+def test_it_checks_the_certificate_against_the_host_not_the_address(tmp_path, monkeypatch):
+    certificate, key = self_signed(tmp_path, "localhost")
+    monkeypatch.setattr(mcp, "_tls", lambda: ssl.create_default_context(cafile=certificate))
+    server = HttpServer(tls=(certificate, key)).start()
+    try:
+        url = f"https://localhost:{server.port}/mcp"
+        by_name = mcp.Server("test", "streamable-http", url, allow_private=True)
+        assert mcp.call_tool(by_name, "echo", {"text": "over TLS"}, timeout=5) == "over TLS"
+
+        by_address = mcp.Server("test", "streamable-http", server.url, allow_private=True)
+        with pytest.raises(mcp.McpError) as error:
+            mcp.call_tool(by_address, "echo", {"text": "over TLS"}, timeout=5)
+        assert str(error.value).startswith(
+            f"cannot reach the MCP server at {server.url}: its certificate is refused:"
+        )
+        assert "127.0.0.1" in str(error.value)
+    finally:
+        server.stop()
+
+
+def test_it_does_not_follow_a_redirect_to_another_server(http_server):
+    redirecting = HttpServer(redirect_to=f"http://localhost:{http_server.port}/mcp").start()
+    try:
+        server = mcp.Server("test", "streamable-http", redirecting.url, allow_private=True)
+        with pytest.raises(mcp.McpError, match="not followed"):
+            mcp.list_tools(server, timeout=5)
+    finally:
+        redirecting.stop()
+
+
 @pytest.mark.parametrize("url", ["ftp://example.com/mcp", "file:///etc/passwd", "example.com"])
 def test_it_refuses_other_schemes(url):
     with pytest.raises(mcp.McpError, match="must begin with http:// or https://"):
@@ -259,6 +351,17 @@ def test_it_says_what_a_stdio_server_that_exited_wrote():
     )
 
 
+def test_it_says_what_a_server_answers_to_an_unknown_tool(http_server):
+    with pytest.raises(mcp.McpError, match="nope"):
+        mcp.call_tool(over_http(http_server), "nope", {}, timeout=5)
+
+
+def test_it_says_what_a_stdio_server_answers_to_an_unknown_tool():
+    with pytest.raises(mcp.McpError) as error:
+        mcp.call_tool(over_stdio(), "nope", {}, timeout=10)
+    assert "exited" not in str(error.value) and "nope" in str(error.value)
+
+
 def test_it_says_when_a_stdio_command_does_not_exist():
     server = mcp.Server("local", "stdio", command=("/nonexistent/mcp-server",))
     with pytest.raises(mcp.McpError, match=r"^cannot start the command /nonexistent/mcp-server: "):
@@ -294,15 +397,32 @@ def test_it_calls_a_tool_whose_name_the_model_cannot_use(http_server):
 
 
 def test_model_names_follow_the_providers_rule_and_never_collide():
-    tools = ["a.b", "a_b", "a b", "x" * 80, "x" * 81, "ok-name", "émoji🙂"]
+    tools = ["a.b", "a_b", "a b", "x" * 80, "x" * 81, "ok-name", "émoji🙂", "line\n", ""]
     names = mcp.model_names("my server", tools)
     assert sorted(names.values()) == sorted(tools)
     assert all(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", name) for name in names)
 
     names = mcp.model_names("srv", tools)
+    assert all(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", name) for name in names)
     assert names["srv__a_b"] == "a_b"  # a valid name stays as it is
     assert names["srv__ok-name"] == "ok-name"
     assert len(names) == len(tools)
+
+
+def test_model_names_stay_unique_when_their_hashes_begin_alike(monkeypatch):
+    sha256 = hashlib.sha256
+
+    class Digest:  # every name's hash begins with the same 16 digits
+        def __init__(self, data):
+            self.data = data
+
+        def hexdigest(self):
+            return "0" * 16 + sha256(self.data).hexdigest()[16:]
+
+    monkeypatch.setattr(mcp.hashlib, "sha256", Digest)
+    names = mcp.model_names("srv", ["a.b", "a,b", "a;b"])
+    assert sorted(names.values()) == ["a,b", "a.b", "a;b"]
+    assert all(len(name) <= 64 for name in names)
 
 
 def test_model_names_are_the_same_in_any_order_and_any_process():
