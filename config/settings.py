@@ -210,6 +210,8 @@ LLM_BASE_URL = env("LLM_BASE_URL", "https://api.openai.com/v1")
 LLM_API_KEY = env("LLM_API_KEY", "")
 LLM_MODEL = env("LLM_MODEL", "demo")
 LLM_TIMEOUT = env_float("LLM_TIMEOUT", 120)
+# Retries of a model call that failed before any output (no connection, 429, 5xx)
+LLM_MAX_RETRIES = env_int("LLM_MAX_RETRIES", 3)
 TOOLS_HTTP_ALLOWED_HOSTS = env_list("TOOLS_HTTP_ALLOWED_HOSTS")
 TOOLS_HTTP_ALLOW_PRIVATE = env_bool("TOOLS_HTTP_ALLOW_PRIVATE", False)
 # Tool calls in progress at once per worker process, for one user and for one run (a call that

@@ -2,9 +2,18 @@
 
 from django.conf import settings
 
-from .base import Model, ModelError, StopSignal, TextDelta, ToolCall, Usage
+from .base import Model, ModelError, Retrying, StopSignal, TextDelta, ToolCall, Usage
 
-__all__ = ["Model", "ModelError", "StopSignal", "TextDelta", "ToolCall", "Usage", "get_model"]
+__all__ = [
+    "Model",
+    "ModelError",
+    "Retrying",
+    "StopSignal",
+    "TextDelta",
+    "ToolCall",
+    "Usage",
+    "get_model",
+]
 
 
 def get_model(agent):
