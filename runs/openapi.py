@@ -151,6 +151,11 @@ EVENTS = {
         _data(call=TEXT, name=TEXT, output=TEXT_OR_NULL, error=TEXT_OR_NULL),
     ),
     "usage": ("The tokens the run used.", _data(input_tokens=INTEGER, output_tokens=INTEGER)),
+    "model.retry": (
+        "A model call failed before any output (`reason`) and is tried again in `delay`"
+        " seconds; `attempt` is 1 for the first retry.",
+        _data(attempt=INTEGER, delay={"type": "number"}, reason=TEXT),
+    ),
     "step.started": ("A workflow step begins.", _data(**STEP)),
     "step.done": (
         "It ended; `reused`: a retry kept the output of an earlier run.",

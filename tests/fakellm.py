@@ -65,6 +65,7 @@ class Request:
     path: str
     headers: object  # http.client.HTTPMessage: .get() ignores case
     body: dict = field(default_factory=dict)
+    at: float = field(default_factory=time.monotonic)  # when it came in
 
 
 class FakeLLM:
