@@ -54,7 +54,7 @@ class AnthropicModel(Model):
         client = anthropic.Anthropic(
             base_url=self.base_url,
             api_key=self.api_key or "none",
-            timeout=httpx2.Timeout(self.timeout, connect=self.connect_timeout),
+            timeout=http.timeout,
             max_retries=0,  # every retry is ours, and announced
             default_headers=headers,
             http_client=http,

@@ -44,7 +44,7 @@ class OpenAIChatModel(Model):
             base_url=self.base_url,
             # The SDK wants a key; an empty one means none: the header is left out below.
             api_key=self.api_key or "none",
-            timeout=httpx2.Timeout(self.timeout, connect=self.connect_timeout),
+            timeout=http.timeout,
             max_retries=0,  # every retry is ours, and announced
             default_headers=self.headers,
             http_client=http,

@@ -24,12 +24,10 @@ RETRIED_STATUSES = {408, 409, 429}  # and every 5xx, Anthropic's 529 "overloaded
 
 
 def http_client(stop, *, timeout, connect_timeout):
-    """A client for one model call; close it after the call. A stop shuts its sockets down."""
-    backend = StoppableBackend(stop)
-    return httpx2.Client(
-        transport=_Transport(backend),
-        timeout=httpx2.Timeout(timeout, connect=connect_timeout),
-    )
+    """A client for one model call; close it after the call. A stop shuts its sockets down.
+    `timeout` is also the longest silence while the model streams."""
+    timeout = httpx2.Timeout(timeout, connect=connect_timeout)
+    return httpx2.Client(transport=_Transport(StoppableBackend(stop)), timeout=timeout)
 
 
 class StoppableBackend(httpcore2.NetworkBackend):
