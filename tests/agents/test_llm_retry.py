@@ -88,10 +88,13 @@ def test_it_ends_quietly_when_stopped_during_a_wait(fake):
     stop = StopSignal()
     items, stopped_at = [], []
 
+    def stop_now():
+        stopped_at.append(time.monotonic())
+        stop.set()
+
     for item in model_for(fake).stream(MESSAGES, [], stop):
         items.append(item)
-        stopped_at.append(time.monotonic() + 0.1)
-        threading.Timer(0.1, stop.set).start()
+        threading.Timer(0.1, stop_now).start()
 
     assert time.monotonic() - stopped_at[0] < 0.2
     assert items == [Retrying(1, 5.0, "the model server answered 429: rate limited")]
