@@ -7,41 +7,15 @@ import anthropic
 import httpx2
 
 from . import transport
-from .base import Model, ModelError, TextDelta, ToolCall, Usage
-from .retry import Unavailable, with_retries
+from .base import ModelError, TextDelta, ToolCall, Usage
+from .retry import Unavailable
 
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires a limit; this one leaves room for a long answer
 # Error events worth another attempt when they come before any output
 RETRIED_ERRORS = {"overloaded_error", "api_error", "rate_limit_error", "timeout_error"}
 
 
-class AnthropicModel(Model):
-    def __init__(
-        self,
-        *,
-        base_url,
-        api_key,
-        model,
-        timeout,
-        headers=None,
-        temperature=None,
-        max_tokens=None,
-        connect_timeout=10,
-    ):
-        self.base_url = base_url.rstrip("/")
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must be an http:// or https:// URL, not {base_url!r}")
-        self.api_key = api_key
-        self.model = model
-        self.timeout = timeout
-        self.headers = dict(headers or {})
-        self.temperature = temperature
-        self.max_tokens = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
-        self.connect_timeout = connect_timeout
-
-    def stream(self, messages, tools, stop, deadline=None):
-        return with_retries(lambda: self._call(messages, tools, stop), stop=stop, deadline=deadline)
-
+class AnthropicModel(transport.RemoteModel):
     def _call(self, messages, tools, stop):
         if stop.is_set():
             return
@@ -71,7 +45,7 @@ class AnthropicModel(Model):
                 events = client.messages.create(
                     model=self.model,
                     messages=turns,
-                    max_tokens=self.max_tokens,
+                    max_tokens=DEFAULT_MAX_TOKENS if self.max_tokens is None else self.max_tokens,
                     stream=True,
                     **options,
                 )

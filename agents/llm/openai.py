@@ -4,36 +4,10 @@ import httpx2
 import openai
 
 from . import transport
-from .base import Model, ModelError, TextDelta, ToolCall, Usage
-from .retry import with_retries
+from .base import ModelError, TextDelta, ToolCall, Usage
 
 
-class OpenAIChatModel(Model):
-    def __init__(
-        self,
-        *,
-        base_url,
-        api_key,
-        model,
-        timeout,
-        headers=None,
-        temperature=None,
-        max_tokens=None,
-        connect_timeout=10,
-    ):
-        self.base_url = base_url.rstrip("/")
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must be an http:// or https:// URL, not {base_url!r}")
-        self.api_key = api_key
-        self.model = model
-        self.timeout = timeout
-        self.headers = dict(headers or {})
-        self.options = {"temperature": temperature, "max_tokens": max_tokens}
-        self.connect_timeout = connect_timeout
-
-    def stream(self, messages, tools, stop, deadline=None):
-        return with_retries(lambda: self._call(messages, tools, stop), stop=stop, deadline=deadline)
-
+class OpenAIChatModel(transport.RemoteModel):
     def _call(self, messages, tools, stop):
         if stop.is_set():
             return
@@ -49,7 +23,8 @@ class OpenAIChatModel(Model):
             default_headers=self.headers,
             http_client=http,
         )
-        options = {name: value for name, value in self.options.items() if value is not None}
+        options = {"temperature": self.temperature, "max_tokens": self.max_tokens}
+        options = {name: value for name, value in options.items() if value is not None}
         if tools:
             options["tools"] = tools
         try:

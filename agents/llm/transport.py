@@ -1,5 +1,6 @@
-"""The HTTP under the SDK clients: an httpx2 client whose sockets a stop shuts down in any phase,
-that skips malformed stream events, and the ModelError each kind of failure becomes."""
+"""What the models behind an HTTP endpoint share: their constructor and retries (RemoteModel),
+an httpx2 client for their SDK whose sockets a stop shuts down in any phase and that skips
+malformed stream events, and the ModelError each kind of failure becomes."""
 
 import contextlib
 import errno
@@ -14,13 +15,47 @@ import threading
 import httpcore2
 import httpx2
 
-from .base import ModelError
-from .retry import Unavailable, retry_after
+from .base import Model, ModelError
+from .retry import Unavailable, retry_after, with_retries
 
 log = logging.getLogger(__name__)
 
 EXCERPT_CHARS = 300  # of an error body, enough for the server's message without flooding the UI
 RETRIED_STATUSES = {408, 409, 429}  # and every 5xx, Anthropic's 529 "overloaded" among them
+
+
+class RemoteModel(Model):
+    """A model behind an HTTP endpoint, called through its provider's SDK: `_call()` streams one
+    call, retried as agents.llm.retry says."""
+
+    def __init__(
+        self,
+        *,
+        base_url,
+        api_key,
+        model,
+        timeout,
+        headers=None,
+        temperature=None,
+        max_tokens=None,
+        connect_timeout=10,
+    ):
+        self.base_url = base_url.rstrip("/")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http:// or https:// URL, not {base_url!r}")
+        self.api_key = api_key
+        self.model = model
+        self.timeout = timeout
+        self.headers = dict(headers or {})
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.connect_timeout = connect_timeout
+
+    def stream(self, messages, tools, stop, deadline=None):
+        return with_retries(lambda: self._call(messages, tools, stop), stop=stop, deadline=deadline)
+
+    def _call(self, messages, tools, stop):
+        raise NotImplementedError
 
 
 def http_client(stop, *, timeout, connect_timeout):
