@@ -2,6 +2,7 @@
 server under tests/fakeanthropic.py)."""
 
 import collections
+import contextlib
 import json
 import socket
 import threading
@@ -10,6 +11,18 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MALFORMED = "data: {not json"
+
+
+@contextlib.contextmanager
+def unanswered_port():
+    """A port whose listener has a full backlog and never accepts: the kernel drops the next
+    SYNs, so a connect there waits for its timeout."""
+    with socket.socket() as listener, socket.socket() as queued:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        queued.connect(("127.0.0.1", port))
+        yield port
 
 
 def text(content):

@@ -17,7 +17,7 @@ from tests.fakeanthropic import (
     text_block,
     tool_use_block,
 )
-from tests.fakellm import MALFORMED
+from tests.fakellm import MALFORMED, unanswered_port
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
 WEATHER_TOOL = {
@@ -203,6 +203,19 @@ def test_it_returns_quietly_when_stopped_before_the_first_byte(fake):
 
     assert run(model_for(fake), stop=stop) == []
     assert time.monotonic() - started < 1.2
+
+
+def test_it_returns_quietly_when_stopped_while_connecting():
+    with unanswered_port() as port:
+        model = AnthropicModel(
+            base_url=f"http://127.0.0.1:{port}", api_key="", model="claude", timeout=30
+        )
+        stop = StopSignal()
+        threading.Timer(0.2, stop.set).start()
+        started = time.monotonic()
+
+        assert run(model, stop=stop) == []
+        assert time.monotonic() - started < 1.2
 
 
 def test_make_model_builds_a_client_of_each_kind(fake, settings):

@@ -11,7 +11,15 @@ import pytest
 
 from agents.llm.base import ModelError, StopSignal, TextDelta, ToolCall, Usage
 from agents.llm.openai import OpenAIChatModel
-from tests.fakellm import MALFORMED, FakeLLM, error_chunk, text, tool_call, usage
+from tests.fakellm import (
+    MALFORMED,
+    FakeLLM,
+    error_chunk,
+    text,
+    tool_call,
+    unanswered_port,
+    usage,
+)
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
 WEATHER_TOOL = {
@@ -241,13 +249,8 @@ def test_it_returns_quietly_when_stopped_before_the_first_byte(fake):
 
 
 def test_it_returns_quietly_when_stopped_while_connecting():
-    # A listener whose backlog is full and that never accepts: the kernel drops the next SYNs,
-    # so a connect waits for its timeout (10 s) unless the stop cuts it short.
-    with socket.socket() as listener, socket.socket() as queued:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        queued.connect(("127.0.0.1", port))
+    # the connect would wait for its timeout (10 s) unless the stop cuts it short
+    with unanswered_port() as port:
         model = OpenAIChatModel(
             base_url=f"http://127.0.0.1:{port}/v1", api_key="", model="tiny", timeout=30
         )
