@@ -182,7 +182,7 @@ class _Transport(httpx2.HTTPTransport):
     def __init__(self, backend):
         super().__init__()
         # HTTPTransport takes no network backend: its pool gives way to one with ours. No
-        # keep-alive, so a retry never meets a connection the server closed meanwhile.
+        # keep-alive: a client serves one call, so no connection is used twice.
         self._pool = httpcore2.ConnectionPool(
             ssl_context=httpx2.create_ssl_context(),
             max_keepalive_connections=0,
