@@ -79,7 +79,7 @@ class AgentLoop(RunLoop):
             flushed = time.monotonic()
 
         try:
-            for item in model.stream(history, schemas, self.stop):
+            for item in model.stream(history, schemas, self.stop, deadline=self.deadline):
                 if isinstance(item, llm.TextDelta):
                     text.append(storable_text(item.text))
                     pending.append(text[-1])
@@ -98,6 +98,9 @@ class AgentLoop(RunLoop):
                 elif isinstance(item, llm.Usage):
                     self.input_tokens += item.input_tokens
                     self.output_tokens += item.output_tokens
+                elif isinstance(item, llm.Retrying) and self.lease.held():
+                    stream.emit(self.run.pk, "model.retry", attempt=item.attempt,
+                                delay=item.delay, reason=item.reason)  # fmt: skip
                 if time.monotonic() > self.deadline:
                     break
         finally:

@@ -214,6 +214,8 @@ LLM_BASE_URL = env("LLM_BASE_URL", "https://api.openai.com/v1")
 LLM_API_KEY = env("LLM_API_KEY", "")
 LLM_MODEL = env("LLM_MODEL", "demo")
 LLM_TIMEOUT = env_float("LLM_TIMEOUT", 120)
+# Retries of a model call that failed before any output (no connection, 429, 5xx)
+LLM_MAX_RETRIES = env_int("LLM_MAX_RETRIES", 3)
 PROVIDERS_MAX_PER_USER = env_int("PROVIDERS_MAX_PER_USER", 20)
 # A user's provider may point at a private address (an Ollama on the LAN) only when this is on:
 # otherwise a provider is a way to make the worker POST to internal services.

@@ -25,6 +25,10 @@ if not SESSION_REDIS.dies_with_parent:  # else it ends with this process, after 
     atexit.register(SESSION_REDIS.stop)
 os.environ["REDIS_URL"] = settings.REDIS_URL = settings.CELERY_BROKER_URL = SESSION_REDIS.url
 settings.EVENTSTREAM_REDIS = {**settings.EVENTSTREAM_REDIS, "port": SESSION_REDIS.port, "db": 0}
+# A failing model fails at once, in this process and the ones the tests start: the tests of
+# retries turn them on (tests/agents/test_llm_retry.py).
+os.environ["LLM_MAX_RETRIES"] = "0"
+settings.LLM_MAX_RETRIES = 0
 
 from django_celery_beat.models import PeriodicTask  # noqa: E402
 

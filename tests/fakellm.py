@@ -1,13 +1,28 @@
-"""A local fake of an OpenAI-compatible chat-completions server, scripted by the tests."""
+"""A local fake of an OpenAI-compatible chat-completions server, scripted by the tests (and the
+server under tests/fakeanthropic.py)."""
 
 import collections
+import contextlib
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MALFORMED = "data: {not json"
+
+
+@contextlib.contextmanager
+def unanswered_port():
+    """A port whose listener has a full backlog and never accepts: the kernel drops the next
+    SYNs, so a connect there waits for its timeout."""
+    with socket.socket() as listener, socket.socket() as queued:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        queued.connect(("127.0.0.1", port))
+        yield port
 
 
 def text(content):
@@ -46,13 +61,16 @@ def error_body(message):
 
 @dataclass
 class Reply:
-    chunks: list  # dicts are sent as `data: <json>`, strings as raw lines
+    chunks: list  # dicts are sent as `data: <json>`, (event, dict) pairs with an `event:` line
+    # before, strings as raw lines
     status: int = 200
     body: dict | None = None  # sent as a plain JSON body instead of a stream
     delay: float = 0.0  # seconds before each chunk
     hang: bool = False  # after the chunks, hold the connection open until released
     done: bool = True  # end with `data: [DONE]`
     silent: bool = False  # accept the request, then send nothing (not even a status line)
+    drop: bool = False  # after the chunks, close the connection without ending the stream
+    headers: dict = field(default_factory=dict)  # sent with the answer, e.g. Retry-After
 
 
 @dataclass
@@ -60,6 +78,7 @@ class Request:
     path: str
     headers: object  # http.client.HTTPMessage: .get() ignores case
     body: dict = field(default_factory=dict)
+    at: float = field(default_factory=time.monotonic)  # when it came in
 
 
 class FakeLLM:
@@ -69,19 +88,31 @@ class FakeLLM:
         self._replies = collections.deque()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         host, port = self._server.server_address[:2]
-        self.base_url = f"http://{host}:{port}/v1"
+        self.origin = f"http://{host}:{port}"
+        self.base_url = f"{self.origin}/v1"
         # A short poll interval: shutdown() waits for the next poll, once per test.
         serve = self._server.serve_forever
         threading.Thread(target=serve, kwargs={"poll_interval": 0.02}, daemon=True).start()
 
     def script(
-        self, chunks=(), *, status=200, body=None, delay=0.0, hang=False, done=True, silent=False
+        self,
+        chunks=(),
+        *,
+        status=200,
+        body=None,
+        delay=0.0,
+        hang=False,
+        done=True,
+        silent=False,
+        drop=False,
+        headers=None,
     ):
         """Queue the reply to the next request."""
-        self._replies.append(Reply(list(chunks), status, body, delay, hang, done, silent))
+        reply = Reply(list(chunks), status, body, delay, hang, done, silent, drop, headers or {})
+        self._replies.append(reply)
 
-    def fail(self, status, message):
-        self.script(status=status, body=error_body(message))
+    def fail(self, status, message, headers=None):
+        self.script(status=status, body=error_body(message), headers=headers)
 
     def close(self):
         self.release.set()
@@ -97,7 +128,10 @@ class FakeLLM:
     def _next_reply(self):
         if self._replies:
             return self._replies.popleft()
-        return Reply([], status=500, body=error_body("FakeLLM: no reply scripted"))
+        return Reply([], status=500, body=self.unscripted())
+
+    def unscripted(self):
+        return error_body("FakeLLM: no reply scripted")
 
 
 def _handler_for(fake):
@@ -112,13 +146,15 @@ def _handler_for(fake):
             if reply.silent:
                 fake.release.wait()
             elif reply.body is not None:
-                self._send_json(reply.status, reply.body)
+                self._send_json(reply)
             else:
                 self._send_stream(reply)
 
-        def _send_json(self, status, body):
-            data = json.dumps(body).encode()
-            self.send_response(status)
+        def _send_json(self, reply):
+            data = json.dumps(reply.body).encode()
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -126,6 +162,8 @@ def _handler_for(fake):
 
         def _send_stream(self, reply):
             self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
@@ -133,10 +171,12 @@ def _handler_for(fake):
                 self._send_chunk(": keep-alive comment\n\n")
                 for chunk in reply.chunks:
                     time.sleep(reply.delay)
-                    line = chunk if isinstance(chunk, str) else f"data: {json.dumps(chunk)}"
-                    self._send_chunk(line + "\n\n")
+                    self._send_chunk(_event(chunk) + "\n\n")
                 if reply.hang:
                     fake.release.wait()
+                    return
+                if reply.drop:
+                    self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 if reply.done:
                     self._send_chunk("data: [DONE]\n\n")
@@ -153,3 +193,12 @@ def _handler_for(fake):
             pass  # keep test output clean
 
     return Handler
+
+
+def _event(chunk):
+    if isinstance(chunk, str):
+        return chunk
+    if isinstance(chunk, tuple):
+        name, data = chunk
+        return f"event: {name}\ndata: {json.dumps(data)}"
+    return f"data: {json.dumps(chunk)}"

@@ -1,22 +1,57 @@
-"""Models of language: the offline `demo` model and OpenAI-compatible endpoints."""
+"""Models of language: the offline `demo` model, OpenAI-compatible endpoints and Anthropic."""
 
 from django.conf import settings
 
-from .base import Model, ModelError, StopSignal, TextDelta, ToolCall, Usage
+from .base import Model, ModelError, Retrying, StopSignal, TextDelta, ToolCall, Usage
 
-__all__ = ["Model", "ModelError", "StopSignal", "TextDelta", "ToolCall", "Usage", "get_model"]
+__all__ = [
+    "Model",
+    "ModelError",
+    "Retrying",
+    "StopSignal",
+    "TextDelta",
+    "ToolCall",
+    "Usage",
+    "get_model",
+    "make_model",
+]
+
+KINDS = ("openai", "anthropic")
 
 
 def get_model(agent):
+    """The agent's model, on the default provider the LLM_* settings describe."""
     if agent.model == "demo":
         from .demo import DemoModel
 
         return DemoModel(**agent.config.get("demo", {}))
-    from .openai import OpenAIChatModel
-
-    return OpenAIChatModel(
+    return make_model(
+        "openai",
         base_url=settings.LLM_BASE_URL,
         api_key=settings.LLM_API_KEY,
         model=agent.model,
         timeout=settings.LLM_TIMEOUT,
+    )
+
+
+def make_model(
+    kind, *, base_url, api_key, model, headers=None, temperature=None, max_tokens=None, timeout=None
+):
+    """A client of `model` at a provider of `kind`, "openai" (any compatible endpoint) or
+    "anthropic"."""
+    # here, not at the top: the SDKs load only in a process that calls a real model
+    from .anthropic import AnthropicModel
+    from .openai import OpenAIChatModel
+
+    classes = {"openai": OpenAIChatModel, "anthropic": AnthropicModel}
+    if kind not in classes:
+        raise ValueError(f"a provider's kind is one of {', '.join(KINDS)}, not {kind!r}")
+    return classes[kind](
+        base_url=base_url,
+        api_key=api_key,
+        model=model,
+        timeout=settings.LLM_TIMEOUT if timeout is None else timeout,
+        headers=headers,
+        temperature=temperature,
+        max_tokens=max_tokens,
     )

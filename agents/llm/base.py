@@ -24,16 +24,26 @@ class Usage:
     output_tokens: int
 
 
+@dataclass(frozen=True)
+class Retrying:
+    """The call failed before any output and is tried again after `delay` seconds."""
+
+    attempt: int  # 1 for the first retry
+    delay: float
+    reason: str
+
+
 class ModelError(RunFailed):
     """The model could not answer; the message is shown to the user as the run's error."""
 
 
 class Model:
-    """stream() yields TextDelta, ToolCall and Usage items for one model turn.
+    """stream() yields TextDelta, ToolCall, Usage and Retrying items for one model turn.
 
     `messages` are chat messages in the OpenAI format ({"role", "content", "tool_calls",
     "tool_call_id"}); `tools` are function schemas in the OpenAI format. When `stop` is set
-    the model ends its stream early without raising."""
+    the model ends its stream early without raising. `deadline` (time.monotonic()) is the
+    run's: no retry waits past it."""
 
-    def stream(self, messages, tools, stop):
+    def stream(self, messages, tools, stop, deadline=None):
         raise NotImplementedError

@@ -34,7 +34,7 @@ class DemoModel(Model):
         self.words = max(1, int(words))
         self.delay = max(0, int(delay_ms)) / 1000
 
-    def stream(self, messages, tools, stop):
+    def stream(self, messages, tools, stop, deadline=None):
         available = {tool["function"]["name"] for tool in tools}
         prompt_tokens = sum(_words(m.get("content") or "") for m in messages)
         last = messages[-1]

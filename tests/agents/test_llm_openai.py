@@ -1,6 +1,8 @@
-"""OpenAIChatModel against a real HTTP server (FakeLLM): streaming, tool calls, faults, stop."""
+"""OpenAIChatModel (the openai SDK over agents.llm.transport) against a real HTTP server
+(FakeLLM): streaming, tool calls, faults, stop."""
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -9,7 +11,15 @@ import pytest
 
 from agents.llm.base import ModelError, StopSignal, TextDelta, ToolCall, Usage
 from agents.llm.openai import OpenAIChatModel
-from tests.fakellm import MALFORMED, FakeLLM, error_chunk, text, tool_call, usage
+from tests.fakellm import (
+    MALFORMED,
+    FakeLLM,
+    error_chunk,
+    text,
+    tool_call,
+    unanswered_port,
+    usage,
+)
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
 WEATHER_TOOL = {
@@ -66,6 +76,24 @@ def test_it_assembles_two_parallel_tool_calls_by_index(fake):
     ]
 
 
+def test_it_assembles_tool_calls_whose_deltas_have_no_index(fake):
+    def delta(**call):
+        return {"choices": [{"index": 0, "delta": {"tool_calls": [call]}}]}
+
+    fake.script(
+        [
+            delta(id="c1", function={"name": "get_weather", "arguments": '{"city": '}),
+            delta(function={"arguments": '"Paris"}'}),
+            delta(id="c2", function={"name": "get_weather", "arguments": "{}"}),
+        ]
+    )
+
+    assert run(model_for(fake), tools=[WEATHER_TOOL]) == [
+        ToolCall("c1", "get_weather", '{"city": "Paris"}'),
+        ToolCall("c2", "get_weather", "{}"),
+    ]
+
+
 def test_it_defaults_empty_tool_arguments_to_an_empty_object(fake):
     fake.script(tool_call(0, "c1", "list_files", ""))
 
@@ -95,6 +123,35 @@ def test_it_sends_the_model_messages_tools_stream_options_and_key(fake):
     assert request.headers.get("Authorization") == "Bearer sk-secret"
 
 
+def test_it_sends_its_headers_and_the_sampling_options_it_has(fake):
+    fake.script([text("Hi")])
+    model = OpenAIChatModel(
+        base_url=fake.base_url,
+        api_key="sk-test",
+        model="tiny",
+        timeout=30,
+        headers={"HTTP-Referer": "https://relay.example"},
+        temperature=0.5,
+        max_tokens=64,
+    )
+
+    run(model)
+
+    [request] = fake.requests
+    assert request.headers.get("HTTP-Referer") == "https://relay.example"
+    assert (request.body["temperature"], request.body["max_tokens"]) == (0.5, 64)
+
+
+def test_it_sends_no_sampling_options_it_was_not_given(fake):
+    fake.script([text("Hi")])
+
+    run(model_for(fake))
+
+    [request] = fake.requests
+    assert "temperature" not in request.body
+    assert "max_tokens" not in request.body
+
+
 def test_it_sends_no_authorization_or_tools_when_there_are_none(fake):
     fake.script([text("Hi")])
 
@@ -112,11 +169,13 @@ def test_it_skips_a_malformed_chunk_and_keeps_streaming(fake, caplog):
     assert "malformed chunk" in caplog.text
 
 
-def test_it_raises_model_error_with_status_and_message_on_http_500(fake):
+def test_it_raises_model_error_with_status_and_message_on_http_500(fake, caplog):
+    caplog.set_level(logging.DEBUG)  # the SDK's own logs too: none may show the key
     fake.fail(500, "the model is overloaded")
 
-    with pytest.raises(ModelError, match=r"answered 500: the model is overloaded"):
-        run(model_for(fake))
+    with pytest.raises(ModelError, match=r"answered 500: the model is overloaded") as failure:
+        run(model_for(fake, api_key="sk-secret"))
+    assert "sk-secret" not in str(failure.value) + caplog.text
 
 
 def test_it_raises_model_error_on_an_error_chunk_mid_stream(fake):
@@ -190,13 +249,8 @@ def test_it_returns_quietly_when_stopped_before_the_first_byte(fake):
 
 
 def test_it_returns_quietly_when_stopped_while_connecting():
-    # A listener whose backlog is full and that never accepts: the kernel drops the next SYNs,
-    # so a connect waits for its timeout (10 s) unless the stop cuts it short.
-    with socket.socket() as listener, socket.socket() as queued:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        queued.connect(("127.0.0.1", port))
+    # the connect would wait for its timeout (10 s) unless the stop cuts it short
+    with unanswered_port() as port:
         model = OpenAIChatModel(
             base_url=f"http://127.0.0.1:{port}/v1", api_key="", model="tiny", timeout=30
         )
