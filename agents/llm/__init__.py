@@ -20,22 +20,48 @@ KINDS = ("openai", "anthropic")
 
 
 def get_model(agent):
-    """The agent's model, on the default provider the LLM_* settings describe."""
+    """The agent's model: on its provider, or on the default one the LLM_* settings describe
+    (set by the operator, so it may be at a private address; a user's provider may not, unless
+    PROVIDERS_ALLOW_PRIVATE)."""
+    provider = agent.provider
     if agent.model == "demo":
         from .demo import DemoModel
 
         return DemoModel(**agent.config.get("demo", {}))
+    options = {"temperature": agent.temperature, "max_tokens": agent.max_tokens}
+    if provider is None:
+        return make_model(
+            "openai",
+            base_url=settings.LLM_BASE_URL,
+            api_key=settings.LLM_API_KEY,
+            model=agent.model or settings.LLM_MODEL,
+            **options,
+        )
+    model = agent.model or provider.default_model
+    if not model:
+        raise ModelError(f"the agent names no model, and its provider {provider} has no default")
     return make_model(
-        "openai",
-        base_url=settings.LLM_BASE_URL,
-        api_key=settings.LLM_API_KEY,
-        model=agent.model,
-        timeout=settings.LLM_TIMEOUT,
+        provider.kind,
+        base_url=provider.base_url,
+        api_key=provider.api_key,
+        model=model,
+        headers=provider.headers,
+        allow_private=settings.PROVIDERS_ALLOW_PRIVATE,
+        **options,
     )
 
 
 def make_model(
-    kind, *, base_url, api_key, model, headers=None, temperature=None, max_tokens=None, timeout=None
+    kind,
+    *,
+    base_url,
+    api_key,
+    model,
+    headers=None,
+    temperature=None,
+    max_tokens=None,
+    timeout=None,
+    allow_private=True,
 ):
     """A client of `model` at a provider of `kind`, "openai" (any compatible endpoint) or
     "anthropic"."""
@@ -54,4 +80,5 @@ def make_model(
         headers=headers,
         temperature=temperature,
         max_tokens=max_tokens,
+        allow_private=allow_private,
     )

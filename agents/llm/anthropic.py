@@ -20,7 +20,10 @@ class AnthropicModel(transport.RemoteModel):
         if stop.is_set():
             return
         http = transport.http_client(
-            stop, timeout=self.timeout, connect_timeout=self.connect_timeout
+            stop,
+            timeout=self.timeout,
+            connect_timeout=self.connect_timeout,
+            allow_private=self.allow_private,
         )
         headers = dict(self.headers)
         if not self.api_key:  # the SDK wants a key; an empty one means none is sent

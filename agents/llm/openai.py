@@ -12,7 +12,10 @@ class OpenAIChatModel(transport.RemoteModel):
         if stop.is_set():
             return
         http = transport.http_client(
-            stop, timeout=self.timeout, connect_timeout=self.connect_timeout
+            stop,
+            timeout=self.timeout,
+            connect_timeout=self.connect_timeout,
+            allow_private=self.allow_private,
         )
         client = openai.OpenAI(
             base_url=self.base_url,

@@ -15,6 +15,7 @@ import threading
 import httpcore2
 import httpx2
 
+from ..tools.addresses import first_private
 from .base import Model, ModelError
 from .retry import Unavailable, retry_after, with_retries
 
@@ -39,6 +40,7 @@ class RemoteModel(Model):
         temperature=None,
         max_tokens=None,
         connect_timeout=10,
+        allow_private=True,
     ):
         self.base_url = base_url.rstrip("/")
         if not self.base_url.startswith(("http://", "https://")):
@@ -50,6 +52,7 @@ class RemoteModel(Model):
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.connect_timeout = connect_timeout
+        self.allow_private = allow_private  # a user's provider: only public addresses
 
     def stream(self, messages, tools, stop, deadline=None):
         return with_retries(lambda: self._call(messages, tools, stop), stop=stop, deadline=deadline)
@@ -58,11 +61,17 @@ class RemoteModel(Model):
         raise NotImplementedError
 
 
-def http_client(stop, *, timeout, connect_timeout):
+def http_client(stop, *, timeout, connect_timeout, allow_private=True):
     """A client for one model call; close it after the call. A stop shuts its sockets down.
-    `timeout` is also the longest silence while the model streams."""
+    `timeout` is also the longest silence while the model streams. Unless `allow_private`, it
+    connects only to public addresses, checked on the very addresses it dials."""
     timeout = httpx2.Timeout(timeout, connect=connect_timeout)
-    return httpx2.Client(transport=_Transport(StoppableBackend(stop)), timeout=timeout)
+    backend = StoppableBackend(stop, allow_private=allow_private)
+    return httpx2.Client(transport=_Transport(backend), timeout=timeout)
+
+
+class RefusedAddress(OSError):
+    """The provider's host is not at a public address, and private ones are not allowed."""
 
 
 class StoppableBackend(httpcore2.NetworkBackend):
@@ -70,8 +79,9 @@ class StoppableBackend(httpcore2.NetworkBackend):
     the first byte or reading the stream. A plain close from the stopping thread would not wake
     a blocked recv(); shutdown() does."""
 
-    def __init__(self, stop):
+    def __init__(self, stop, *, allow_private=True):
         self.stop = stop
+        self.allow_private = allow_private
         self._lock = threading.Lock()
         self._handles = []  # duplicates of the sockets: TLS detaches the originals
         self._unregister = stop.on_stop(self._abort)
@@ -93,7 +103,14 @@ class StoppableBackend(httpcore2.NetworkBackend):
         # shuts down a connecting socket, which wakes the wait. Before connect_ex a shutdown
         # would do nothing.
         error = OSError(f"no address for {address[0]}")
-        for family, kind, proto, _, addr in socket.getaddrinfo(*address, type=socket.SOCK_STREAM):
+        infos = socket.getaddrinfo(*address, type=socket.SOCK_STREAM)
+        refused = None if self.allow_private else first_private([i[4][0] for i in infos])
+        if refused is not None:
+            raise RefusedAddress(
+                f"{address[0]} resolves to {refused}, which is not a public address (an"
+                " administrator can allow private ones: PROVIDERS_ALLOW_PRIVATE=1)"
+            )
+        for family, kind, proto, _, addr in infos:
             sock = socket.socket(family, kind, proto)
             with self._lock:
                 self._handles.append(sock.dup())
@@ -261,7 +278,13 @@ def status_failure(response):
 
 
 def connection_failure(error, *, base_url, timeout):
-    """The ModelError for a failure of the connection: all of them are worth another try."""
+    """The ModelError for a failure of the connection: all of them are worth another try, but
+    a refused address, which will not change."""
+    cause = error
+    while cause is not None:
+        if isinstance(cause, RefusedAddress):
+            return ModelError(f"cannot call the model at {base_url}: {cause}")
+        cause = cause.__cause__ or cause.__context__
     if isinstance(error, httpx2.ConnectError | httpx2.ConnectTimeout):
         return Unavailable(f"cannot reach the model at {base_url}: {error or 'failed'}")
     if isinstance(error, httpx2.TimeoutException):
