@@ -161,8 +161,11 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
-    # it logs every listener at INFO
-    "loggers": {"django_eventstream": {"level": "WARNING"}},
+    # they log every listener, every HTTP request to a model or an MCP server, at INFO
+    "loggers": {
+        name: {"level": "WARNING"}
+        for name in ("django_eventstream", "httpx2", "httpx", "mcp", "openai", "anthropic")
+    },
 }
 
 # Redis: the Celery broker, the run event logs, live fan-out and stop flags.
