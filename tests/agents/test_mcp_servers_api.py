@@ -2,12 +2,19 @@
 stdio refused to users, listing and refreshing against a real MCP server (the SDK's own, over
 streamable HTTP), and a run whose agent calls one of its tools through a real worker."""
 
+import sys
+import threading
+import time
+from pathlib import Path
+
 import pytest
 
-from agents import toolbox
+from agents import services, toolbox
 from agents.models import McpServer
+from runs import lifecycle, loop
+from runs.models import Run
 
-from conftest import new_thread, start
+from conftest import logged, new_thread, start, wait_for_status
 from mcp_servers import TOKEN, HttpServer
 from sse import follow, text_of
 
@@ -133,3 +140,45 @@ def test_a_run_calls_an_mcp_tool_through_a_real_worker(live, live_api, alice, mc
     assert (done["output"], done["error"], done["server"]) == ("hello from MCP", None, "weather")
     assert text_of(events) == "The weather__echo tool answered: hello from MCP"
     assert events[-1].json["status"] == "completed"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("no_queue")
+def test_a_stop_during_an_mcp_call_ends_the_run_at_once_and_cancels_the_call(
+    alice, mcp_server, private_ok
+):
+    server = McpServer.objects.create(owner=alice, name="slow", url=mcp_server.url,
+                                      headers={"Authorization": TOKEN})  # fmt: skip
+    thread = new_thread(alice)
+    alice.agents.get().mcp_servers.add(server)
+    run = services.agent_start(user=alice, thread=thread, message="/tool slow__hang")
+    worker = threading.Thread(target=loop.execute, args=(run.pk,))
+    worker.start()
+    assert mcp_server.events["hang_started"].wait(10)
+    started = time.monotonic()
+    lifecycle.run_stop(run=Run.objects.get(pk=run.pk))
+    wait_for_status(run.pk, Run.Status.STOPPED, timeout=5)
+    assert time.monotonic() - started < 1
+    worker.join(5)
+    assert mcp_server.events["hang_cancelled"].wait(5)  # the server saw its request go
+    done = next(data for _, kind, data in logged(run) if kind == "tool.done")
+    assert done["error"] == "the run was stopped before the tool finished"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("no_queue")
+def test_a_run_calls_an_administrators_stdio_server(alice):
+    server = McpServer.objects.create(
+        owner=alice, name="local", transport="stdio",
+        command=[sys.executable, str(Path(__file__).parent.parent / "mcp_servers.py")],
+    )  # fmt: skip
+    thread = new_thread(alice)
+    alice.agents.get().mcp_servers.add(server)
+    run = services.agent_start(
+        user=alice, thread=thread, message='/tool local__add {"a": 2, "b": 3}'
+    )
+    loop.execute(run.pk)
+    run.refresh_from_db()
+    assert run.status == Run.Status.COMPLETED, run.error
+    done = next(data for _, kind, data in logged(run) if kind == "tool.done")
+    assert (done["name"], done["output"], done["server"]) == ("local__add", "5.0", "local")
