@@ -95,6 +95,8 @@ bench: venv services
 	$(PY) bench/fanout.py
 	$(PY) bench/runs.py
 	$(PY) bench/concurrency.py
+	$(PY) bench/tools.py
+	$(PY) bench/retries.py
 
 clean:
 	rm -rf var/test.sqlite3 var/test.sqlite3-wal var/test.sqlite3-shm tests/artifacts .pytest_cache
