@@ -34,7 +34,7 @@ class AgentLoop(RunLoop):
         calling a tool. Returns that last assistant message."""
         with closing_connection():
             model = llm.get_model(agent)
-            box = toolbox.for_agent(agent)
+        box = toolbox.for_agent(agent, stop=self.stop)
         schemas = tools.schemas(box)
         for _ in range(settings.RUN_MAX_TURNS):
             self._check()

@@ -1,12 +1,15 @@
 """The tools one agent may call: the built-ins it lists and the tools of its MCP servers, each a
 `tools.Tool` under the name the model sees, so every call goes through `tools.call`."""
 
+import contextlib
 import functools
 import logging
 from datetime import timedelta
 
 from django.conf import settings
 from django.utils import timezone
+
+from runs.loop import closing_connection
 
 from . import tools
 from .models import McpServer
@@ -15,13 +18,17 @@ from .tools import mcp
 log = logging.getLogger(__name__)
 
 
-def for_agent(agent):
-    """{name the model sees: Tool} for `agent`, in a stable order: built-ins, then servers."""
+def for_agent(agent, stop=None):
+    """{name the model sees: Tool} for `agent`, in a stable order: built-ins, then servers.
+    A server whose list is stale is listed again (the list it had serves if that fails), with
+    no database connection held while it answers; `stop` cuts a listing short."""
     box = {name: tools.get(name) for name in agent.tools if tools.get(name) is not None}
-    servers = agent.mcp_servers.filter(enabled=True).order_by("name")
-    for server in servers[: settings.MCP_SERVERS_MAX_PER_AGENT]:
-        if _stale(server):
-            refresh_tools(server)  # on failure the list it had (or none) serves
+    with closing_connection():
+        servers = agent.mcp_servers.filter(enabled=True).order_by("name")
+        servers = list(servers[: settings.MCP_SERVERS_MAX_PER_AGENT])
+    for server in servers:
+        if _stale(server) and not (stop and stop.is_set()):
+            refresh_tools(server, stop=stop, saving=closing_connection)
         box.update(server_tools(server))
     return box
 
@@ -66,14 +73,18 @@ def _stale(server):
     return timezone.now() - server.tools_refreshed > timedelta(seconds=settings.MCP_TOOLS_TTL)
 
 
-def refresh_tools(server):
-    """List the server's tools again and keep them on its row. Returns None, or why listing
-    failed (also kept, as `tools_error`; the tools listed before stay)."""
+def refresh_tools(server, *, stop=None, saving=contextlib.nullcontext):
+    """List the server's tools again and keep them on its row (in the `saving` context).
+    Returns None, or why listing failed (also kept, as `tools_error`; the tools listed before
+    stay)."""
     try:
-        listed = mcp.list_tools(connection(server), timeout=settings.MCP_LIST_TIMEOUT)
+        listed = mcp.list_tools(connection(server), timeout=settings.MCP_LIST_TIMEOUT, stop=stop)
+    except mcp.McpStopped:
+        return "the run was stopped"
     except mcp.McpError as exc:
         server.tools_error = str(exc)
-        McpServer.objects.filter(pk=server.pk).update(tools_error=server.tools_error)
+        with saving():
+            McpServer.objects.filter(pk=server.pk).update(tools_error=server.tools_error)
         return server.tools_error
     kept, skipped = [], []
     for entry in listed:
@@ -101,9 +112,12 @@ def refresh_tools(server):
         notes.append(f"{left_out} tools beyond MCP_TOOLS_MAX_PER_SERVER were left out")
     server.tools_error = "; ".join(notes)[:2000]
     server.tools_refreshed = timezone.now()
-    McpServer.objects.filter(pk=server.pk).update(
-        tools=server.tools, tools_error=server.tools_error, tools_refreshed=server.tools_refreshed
-    )
+    with saving():
+        McpServer.objects.filter(pk=server.pk).update(
+            tools=server.tools,
+            tools_error=server.tools_error,
+            tools_refreshed=server.tools_refreshed,
+        )
     return None
 
 

@@ -73,13 +73,14 @@ class McpStopped(McpError):
     """The run was stopped; the call was cancelled."""
 
 
-def list_tools(server, *, timeout=None) -> list[dict]:
-    """The server's tools: {"tool": its own name, "description", "parameters": its input schema}."""
+def list_tools(server, *, timeout=None, stop=None) -> list[dict]:
+    """The server's tools: {"tool": its own name, "description", "parameters": its input schema}.
+    A stop cancels the listing as it does a call."""
     timeout = settings.MCP_LIST_TIMEOUT if timeout is None else timeout
     return _run(
         _list_tools(server),
         timeout=timeout,
-        stop=None,
+        stop=stop,
         timed_out=f"{_where(server)} did not answer within {timeout:g} s",
     )
 

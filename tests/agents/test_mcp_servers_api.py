@@ -102,6 +102,7 @@ def test_an_administrators_stdio_server_cannot_be_changed_through_the_api(alice,
     assert r.status_code == 400 and "administrator" in str(r.data["transport"])
 
 
+@pytest.mark.django_db(transaction=True)  # as in the worker: its steps close the connection
 def test_the_agent_sees_only_the_allowed_tools_of_its_enabled_servers(
     alice, alice_api, mcp_server, private_ok
 ):
