@@ -19,12 +19,7 @@ class AnthropicModel(transport.RemoteModel):
     def _call(self, messages, tools, stop):
         if stop.is_set():
             return
-        http = transport.http_client(
-            stop,
-            timeout=self.timeout,
-            connect_timeout=self.connect_timeout,
-            allow_private=self.allow_private,
-        )
+        http = self.http_client(stop)
         headers = dict(self.headers)
         if not self.api_key:  # the SDK wants a key; an empty one means none is sent
             headers.update({"Authorization": anthropic.omit, "X-Api-Key": anthropic.omit})

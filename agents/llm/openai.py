@@ -11,12 +11,7 @@ class OpenAIChatModel(transport.RemoteModel):
     def _call(self, messages, tools, stop):
         if stop.is_set():
             return
-        http = transport.http_client(
-            stop,
-            timeout=self.timeout,
-            connect_timeout=self.connect_timeout,
-            allow_private=self.allow_private,
-        )
+        http = self.http_client(stop)
         client = openai.OpenAI(
             base_url=self.base_url,
             # The SDK wants a key; an empty one means none: the header is left out below.

@@ -60,6 +60,15 @@ class RemoteModel(Model):
     def _call(self, messages, tools, stop):
         raise NotImplementedError
 
+    def http_client(self, stop):
+        """The HTTP client of one call (close it after): a stop shuts its sockets down."""
+        return http_client(
+            stop,
+            timeout=self.timeout,
+            connect_timeout=self.connect_timeout,
+            allow_private=self.allow_private,
+        )
+
 
 def http_client(stop, *, timeout, connect_timeout, allow_private=True):
     """A client for one model call; close it after the call. A stop shuts its sockets down.
