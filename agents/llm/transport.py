@@ -3,6 +3,7 @@ an httpx2 client for their SDK whose sockets a stop shuts down in any phase and 
 malformed stream events, and the ModelError each kind of failure becomes."""
 
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
@@ -16,7 +17,7 @@ import httpcore2
 import httpx2
 
 from ..tools.addresses import first_private
-from .base import Model, ModelError
+from .base import Model, ModelError, Retrying
 from .retry import Unavailable, retry_after, with_retries
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,20 @@ class RemoteModel(Model):
         self.allow_private = allow_private  # a user's provider: only public addresses
 
     def stream(self, messages, tools, stop, deadline=None):
-        return with_retries(lambda: self._call(messages, tools, stop), stop=stop, deadline=deadline)
+        items = with_retries(
+            lambda: self._call(messages, tools, stop), stop=stop, deadline=deadline
+        )
+        try:
+            for item in items:
+                if isinstance(item, Retrying):
+                    item = dataclasses.replace(item, reason=self._redacted(item.reason))
+                yield item
+        except ModelError as e:
+            e.args = (self._redacted(str(e)),)  # a server may quote the key it refused
+            raise
+
+    def _redacted(self, text):
+        return text.replace(self.api_key, "[the API key]") if self.api_key else text
 
     def _call(self, messages, tools, stop):
         raise NotImplementedError

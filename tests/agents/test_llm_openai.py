@@ -178,6 +178,18 @@ def test_it_raises_model_error_with_status_and_message_on_http_500(fake, caplog)
     assert "sk-secret" not in str(failure.value) + caplog.text
 
 
+def test_a_key_the_server_quotes_back_is_not_in_the_error_nor_the_retry(fake, settings):
+    settings.LLM_MAX_RETRIES = 1
+    fake.fail(503, "busy: your key sk-quoted-back is rate limited", headers={"Retry-After": "0"})
+    fake.fail(401, "Incorrect API key provided: sk-quoted-back")
+
+    items = []
+    with pytest.raises(ModelError) as failure:
+        items.extend(model_for(fake, api_key="sk-quoted-back").stream(MESSAGES, [], StopSignal()))
+    assert "sk-quoted-back" not in str(failure.value) + repr(items)
+    assert "Incorrect API key provided: [the API key]" in str(failure.value)
+
+
 def test_it_raises_model_error_on_an_error_chunk_mid_stream(fake):
     fake.script([text("Hel"), error_chunk("context length exceeded")])
 
