@@ -244,6 +244,10 @@ def test_the_agent_form_shows_the_providers_default_model(page, alice):
     expect(page.locator(".agents li", has_text="Helper")).to_contain_text("llama3 · Local")
     agent = alice.agents.get(name="Helper")
     assert (agent.provider, agent.model, agent.tools) == (provider, "", ["calculator"])
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "agents.png", full_page=True)
+    page.click("text=Providers and MCP servers")
+    page.screenshot(path=ARTIFACTS / "connections.png", full_page=True)
 
 
 def test_a_second_tab_follows_the_same_run(page, alice):
