@@ -176,6 +176,10 @@ def form_errors(errors):
     return {field: " ".join(flat(detail)) for field, detail in errors.items()}
 
 
+def locked(objects):
+    return objects.select_for_update(of=("self",))
+
+
 def save_form(serializer, save):
     """Validate `serializer` and call `save()`; the errors by field, or {} once saved."""
     if not serializer.is_valid():
@@ -256,12 +260,16 @@ def agent_list(request):
 
 @login_required
 def agent_edit(request, pk):
-    agent = get_object_or_404(request.user.agents, pk=pk)
     if request.method != "POST":
+        agent = get_object_or_404(request.user.agents, pk=pk)
         return agent_page(request, "agents/edit.html", form=agent_form(agent), agent=agent)
     form = posted_agent(request.POST)
-    serializer = AgentSerializer(agent, data=agent_data(form), context={"request": request})
-    errors = save_form(serializer, serializer.save)
+    with transaction.atomic():
+        # locked, as the API's update: a delete meanwhile waits, or this finds it gone (404),
+        # never saves it back to life
+        agent = get_object_or_404(locked(request.user.agents), pk=pk)
+        serializer = AgentSerializer(agent, data=agent_data(form), context={"request": request})
+        errors = save_form(serializer, serializer.save)
     if errors:
         return agent_page(
             request, "agents/edit.html", form=form, errors=errors, agent=agent, status=400
@@ -395,12 +403,13 @@ def mcp_server_refresh(request, pk):
 @login_required
 @require_POST
 def mcp_server_enable(request, pk):
-    server = get_object_or_404(request.user.mcp_servers, pk=pk)
     enabled = request.POST.get("enabled") == "1"
-    serializer = McpServerSerializer(
-        server, data={"enabled": enabled}, partial=True, context={"request": request}
-    )
-    errors = save_form(serializer, serializer.save)
+    with transaction.atomic():
+        server = get_object_or_404(locked(request.user.mcp_servers), pk=pk)
+        serializer = McpServerSerializer(
+            server, data={"enabled": enabled}, partial=True, context={"request": request}
+        )
+        errors = save_form(serializer, serializer.save)
     if errors:
         messages.error(request, " ".join(errors.values()))
     else:
