@@ -236,7 +236,7 @@ def agent_page(request, template, *, form, errors=None, agent=None, status=200):
         "providers": user.providers.all(),
         "servers": user.mcp_servers.all(),
         "builtin_tools": [tools.get(name) for name in tools.names()],
-        "agents": user.agents.select_related("provider"),
+        "agents": user.agents.select_related("provider").prefetch_related("mcp_servers"),
     }
     return render(request, template, context, status=status)
 

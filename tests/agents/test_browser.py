@@ -179,6 +179,8 @@ def test_an_mcp_tools_card_shows_its_server_live_and_after_a_reload(page, alice)
     expect(page.locator("details.tool").first.locator(".tool-server")).to_have_text("weather")
     expect(page.locator("details.tool").first.locator(".tool-name")).to_have_text("forecast")
     expect(page.locator("details.tool").last.locator(".tool-server")).to_be_hidden()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "chat-mcp-tool.png", full_page=True)
 
 
 def sse(run, number, event, data):
@@ -215,6 +217,8 @@ def test_a_retry_notice_shows_until_the_reply_comes(page, alice):
         expect(notice).to_have_text(
             "Provider busy (the model server answered 429: slow down), retrying in 4 s — attempt 1"
         )
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "chat-retry.png", full_page=True)
         expect(streaming(page)).to_have_text("Here after the wait.")
         expect(notice).to_have_count(0)
         expect(status(page)).to_have_text("completed")
@@ -392,6 +396,11 @@ def test_it_fits_a_phone(browser, live, alice):
     assert overflow <= 0, f"the page is {overflow} px wider than the phone"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "chat-phone.png", full_page=True)
+    for url in ["/agents/", "/connections/"]:
+        page.goto(url)
+        page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{url} is {overflow} px wider than the phone"
     context.close()
 
 
