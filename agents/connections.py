@@ -188,25 +188,38 @@ class McpServerSerializer(SecretsSerializer):
         return server
 
 
-class CappedViewSet(OwnedViewSet):
-    """Owned objects, at most `limit_setting` of them per user, and not deleted while agents
-    use them."""
+LIMITS = {Provider: "PROVIDERS_MAX_PER_USER", McpServer: "MCP_SERVERS_MAX_PER_USER"}
 
-    limit_setting = None
+
+def connection_create(*, serializer, owner):
+    """Save the provider or MCP server `serializer` holds as `owner`'s, unless they have as
+    many as their limit allows (TooMany). The API and the pages both create through it."""
+    model = serializer.Meta.model
+    limit = getattr(settings, LIMITS[model])
+    if model.objects.filter(owner=owner).count() >= limit:
+        noun = model._meta.verbose_name_plural
+        raise TooMany(f"You have {limit} {noun}, the most allowed; delete one first.")
+    return serializer.save(owner=owner)
+
+
+def connection_delete(connection):
+    """Delete a provider or MCP server, unless agents use it (ServiceConflict, naming them)."""
+    try:
+        connection.delete()
+    except ProtectedError as exc:
+        names = ", ".join(sorted(str(agent) for agent in exc.protected_objects)[:10])
+        raise ServiceConflict(f"Agents use it: {names}. Change them first.") from None
+
+
+class CappedViewSet(OwnedViewSet):
+    """Owned objects, at most their limit (LIMITS) per user, and not deleted while agents use
+    them."""
 
     def perform_create(self, serializer):
-        limit = getattr(settings, self.limit_setting)
-        if getattr(self.request.user, self.related_name).count() >= limit:
-            noun = self.queryset.model._meta.verbose_name_plural
-            raise TooMany(f"You have {limit} {noun}, the most allowed; delete one first.")
-        super().perform_create(serializer)
+        connection_create(serializer=serializer, owner=self.request.user)
 
     def perform_destroy(self, instance):
-        try:
-            instance.delete()
-        except ProtectedError as exc:
-            names = ", ".join(sorted(str(agent) for agent in exc.protected_objects)[:10])
-            raise ServiceConflict(f"Agents use it: {names}. Change them first.") from None
+        connection_delete(instance)
 
 
 def capped_schema(serializer):
@@ -229,7 +242,6 @@ class ProviderViewSet(CappedViewSet):
     queryset = Provider.objects.none()
     serializer_class = ProviderSerializer
     related_name = "providers"
-    limit_setting = "PROVIDERS_MAX_PER_USER"
 
 
 @capped_schema(McpServerSerializer)
@@ -237,7 +249,6 @@ class McpServerViewSet(CappedViewSet):
     queryset = McpServer.objects.none()
     serializer_class = McpServerSerializer
     related_name = "mcp_servers"
-    limit_setting = "MCP_SERVERS_MAX_PER_USER"
 
     @extend_schema(
         request=None,

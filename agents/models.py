@@ -117,6 +117,12 @@ class Agent(models.Model):
     def __str__(self):
         return self.name
 
+    @property
+    def model_label(self):
+        """The model it answers with and whose it is, as pages show it: "gpt-4o · OpenAI"."""
+        model = self.model or (self.provider.default_model if self.provider else "")
+        return f"{model} · {self.provider.name if self.provider else 'default provider'}"
+
 
 class ThreadAgent(models.Model):
     """The agent a thread talks to. Threads belong to the run engine, which knows no agents."""

@@ -88,6 +88,36 @@
     return card;
   }
 
+  // An MCP tool's card shows its server, and the tool by the server's own name: the model's
+  // name for it is `<server>__<tool>` (agents/tools/mcp.py), unless it had to be cleaned.
+  function showServer(card, name, server) {
+    if (!server) return;
+    const badge = card.querySelector(".tool-server");
+    badge.textContent = server;
+    badge.hidden = false;
+    const prefix = `${server}__`;
+    card.querySelector(".tool-name").textContent = name.startsWith(prefix) ? name.slice(prefix.length) : name;
+  }
+
+  // The model call failed before any output and is tried again: said in the run until text
+  // comes or the run ends.
+  function showRetry(section, data) {
+    let note = section.querySelector('[data-role="retry"]');
+    if (!note) {
+      note = element("p", "notice retry");
+      note.dataset.role = "retry";
+      note.setAttribute("role", "status");
+      insertBeforeFooter(section, note);
+    }
+    const delay = Number(Number(data.delay).toFixed(1));
+    note.textContent = `Provider busy (${data.reason}), retrying in ${delay} s — attempt ${data.attempt}`;
+  }
+
+  function clearRetry(section) {
+    const note = section.querySelector('[data-role="retry"]');
+    if (note) note.remove();
+  }
+
   function setStatus(section, status, error) {
     const badge = section.querySelector('[data-role="status"]');
     badge.textContent = status;
@@ -99,17 +129,20 @@
     "run.status"(section, data) {
       setStatus(section, data.status, data.error);
       if (TERMINAL.has(data.status)) {
+        clearRetry(section);
         finish();
         if (data.status === "failed") showNotice(`The run failed: ${data.error}`);
       }
     },
     "message.delta"(section, data) {
+      clearRetry(section);
       const node = messageNode(section, data.message, "assistant");
       if (node.dataset.done) return; // rendered by the server, or finished already
       node.classList.add("streaming");
       node.append(data.text);
     },
     "message.done"(section, data) {
+      clearRetry(section);
       const message = data.message;
       if (message.role === "assistant") {
         if (message.content) {
@@ -122,14 +155,17 @@
       }
     },
     "tool.started"(section, data) {
-      toolCard(section, data.call, data.name, data.arguments);
+      clearRetry(section);
+      showServer(toolCard(section, data.call, data.name, data.arguments), data.name, data.server);
     },
     "tool.done"(section, data) {
       const card = toolCard(section, data.call, data.name, "");
+      showServer(card, data.name, data.server);
       card.querySelector(".tool-state").textContent = data.error ? "error" : "done";
       card.querySelector(".tool-output-title").textContent = data.error ? "Error" : "Output";
       card.querySelector(".tool-output").textContent = data.error || data.output;
     },
+    "model.retry": showRetry,
     usage(section, data) {
       const usage = section.querySelector('[data-role="usage"]');
       usage.textContent = usage.dataset.format

@@ -1,6 +1,7 @@
 """The chat page in a real headless Chromium (Debian's package, driven by Playwright) against the
 live web and worker processes."""
 
+import json
 import os
 import re
 import signal
@@ -9,10 +10,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from django.utils import timezone
 from playwright.sync_api import expect, sync_playwright
 
 from agents import services
-from agents.models import create_thread
+from agents.models import McpServer, Provider, create_thread
 from runs import lifecycle, stream
 from runs.models import Message, Run
 from workflows.models import Workflow
@@ -82,7 +84,7 @@ def streaming(page):
 
 def test_it_logs_in_starts_a_chat_and_streams_the_reply(page, alice):
     pace(alice, words=60, delay_ms=60)
-    page.select_option("select[name=agent]", label="Demo")
+    page.select_option("select[name=agent]", label="Demo (demo · default provider)")
     page.click("text=New chat")
     expect(page.locator("#composer textarea")).to_be_enabled()
     send(page, "Tell me about streams")
@@ -152,6 +154,104 @@ def test_it_shows_a_tool_call_as_a_card(page, alice):
     expect(streaming(page)).to_have_text("The answer is 42.")
     page.reload()  # and the same from the database
     expect(page.locator("details.tool .tool-output")).to_have_text("42")
+
+
+def test_an_mcp_tools_card_shows_its_server_live_and_after_a_reload(page, alice):
+    # its tools as listed a moment ago (the worker does not list them again), at an address
+    # the worker refuses (not public): the call fails at once, and the card says so
+    server = McpServer.objects.create(
+        owner=alice, name="weather", url="http://127.0.0.1:9/mcp", tools_refreshed=timezone.now(),
+        tools=[{"name": "weather__forecast", "tool": "forecast", "description": "The weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}],
+    )  # fmt: skip
+    alice.agents.get().mcp_servers.add(server)
+    open_chat(page, alice)
+    send(page, '/tool weather__forecast {"city": "Oslo"}\n/tool calculator {"expression": "1+1"}')
+    forecast = page.locator("details.tool").first
+    expect(forecast.locator(".tool-server")).to_have_text("weather")
+    expect(forecast.locator(".tool-name")).to_have_text("forecast")
+    expect(forecast.locator(".tool-state")).to_have_text("error")
+    calculator = page.locator("details.tool").last
+    expect(calculator.locator(".tool-name")).to_have_text("calculator")
+    expect(calculator.locator(".tool-server")).to_be_hidden()
+    expect(status(page)).to_have_text("completed")
+    page.reload()  # and the same from the database
+    expect(page.locator("details.tool").first.locator(".tool-server")).to_have_text("weather")
+    expect(page.locator("details.tool").first.locator(".tool-name")).to_have_text("forecast")
+    expect(page.locator("details.tool").last.locator(".tool-server")).to_be_hidden()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "chat-mcp-tool.png", full_page=True)
+
+
+def sse(run, number, event, data):
+    """One event of the run's stream, as runs/events.py writes it."""
+    return f"id: run-{run.pk}:{number}\nevent: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+def test_a_retry_notice_shows_until_the_reply_comes(page, alice):
+    """The run's stream as the worker sends it when the model server refused the first call:
+    a `model.retry`, then, after the wait, the reply. Scripted here: the workers on main do
+    not retry yet. The stream ends after the notice, and the browser comes back for the rest
+    (after `retry:` ms)."""
+    pace(alice, words=1000, delay_ms=30)
+    thread = create_thread(owner=alice, agent=alice.agents.get())
+    run = services.agent_start(user=alice, thread=thread, message="Are you there?")
+    reason = "the model server answered 429: slow down"
+    retry = sse(
+        run, 1, "model.retry", {"run": str(run.pk), "attempt": 1, "delay": 4, "reason": reason}
+    )
+    reply = sse(run, 2, "message.delta", {"message": 10**9, "text": "Here after the wait."})
+    reply += sse(run, 3, "run.status", {"status": "completed", "error": ""})
+    bodies = iter(["retry: 1500\n\n" + retry, reply])
+
+    def stream(route):
+        body = next(bodies, None)
+        if body is None:
+            return route.abort()
+        route.fulfill(status=200, content_type="text/event-stream", body=body)
+
+    page.route(re.compile(rf"/api/runs/{run.pk}/events/"), stream)
+    try:
+        page.goto(f"/chats/{thread.pk}/")
+        notice = page.locator('section.run [data-role="retry"]')
+        expect(notice).to_have_text(
+            "Provider busy (the model server answered 429: slow down), retrying in 4 s — attempt 1"
+        )
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "chat-retry.png", full_page=True)
+        expect(streaming(page)).to_have_text("Here after the wait.")
+        expect(notice).to_have_count(0)
+        expect(status(page)).to_have_text("completed")
+    finally:
+        lifecycle.run_stop(run=run)
+        wait_for_status(run.pk, Run.TERMINAL)
+
+
+def test_the_agent_form_shows_the_providers_default_model(page, alice):
+    provider = Provider.objects.create(
+        owner=alice, name="Local", base_url="https://8.8.8.8/v1", default_model="llama3"
+    )
+    page.click("text=Agents")
+    form = page.locator("form.agent-form")
+    form.locator("input[name=name]").fill("Helper")
+    form.locator("input[name=model]").fill("")
+    expect(form.locator("input[name=model]")).to_have_attribute(
+        "placeholder", "a model name, e.g. demo"
+    )
+    form.locator("select[name=provider]").select_option(label="Local")
+    expect(form.locator("input[name=model]")).to_have_attribute(
+        "placeholder", "llama3 (the provider's default)"
+    )
+    form.locator("input[name=tools][value=calculator]").check()
+    form.get_by_role("button", name="Create agent").click()
+    expect(page.locator(".notice")).to_contain_text("Created the agent “Helper”.")
+    expect(page.locator(".agents li", has_text="Helper")).to_contain_text("llama3 · Local")
+    agent = alice.agents.get(name="Helper")
+    assert (agent.provider, agent.model, agent.tools) == (provider, "", ["calculator"])
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "agents.png", full_page=True)
+    page.click("text=Providers and MCP servers")
+    page.screenshot(path=ARTIFACTS / "connections.png", full_page=True)
 
 
 def test_a_second_tab_follows_the_same_run(page, alice):
@@ -296,6 +396,11 @@ def test_it_fits_a_phone(browser, live, alice):
     assert overflow <= 0, f"the page is {overflow} px wider than the phone"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "chat-phone.png", full_page=True)
+    for url in ["/agents/", "/connections/"]:
+        page.goto(url)
+        page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{url} is {overflow} px wider than the phone"
     context.close()
 
 
