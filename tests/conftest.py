@@ -115,13 +115,15 @@ def start_live(tmp, **env):
     # Short leases so a killed worker's run is reaped within seconds, not a minute.
     processes = Live(
         tmp,
-        RUN_LEASE_SECONDS="3",
-        RUN_HEARTBEAT_SECONDS="1",
-        RUN_REAPER_SECONDS="1",
-        RUN_REQUEUE_SECONDS="3",
-        LLM_BASE_URL="http://127.0.0.1:9/v1",  # nothing listens: a model that cannot be reached
-        MCP_ALLOW_PRIVATE="1",  # the tests' MCP servers listen on 127.0.0.1
-        **env,
+        **{
+            "RUN_LEASE_SECONDS": "3",
+            "RUN_HEARTBEAT_SECONDS": "1",
+            "RUN_REAPER_SECONDS": "1",
+            "RUN_REQUEUE_SECONDS": "3",
+            "LLM_BASE_URL": "http://127.0.0.1:9/v1",  # nothing listens: a model never reached
+            "MCP_ALLOW_PRIVATE": "1",  # the tests' MCP servers listen on 127.0.0.1
+            **env,
+        },
     )
     processes.start_web()
     processes.start_worker()

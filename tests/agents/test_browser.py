@@ -1,7 +1,6 @@
 """The chat page in a real headless Chromium (Debian's package, driven by Playwright) against the
 live web and worker processes."""
 
-import json
 import os
 import re
 import signal
@@ -19,8 +18,9 @@ from runs import lifecycle, stream
 from runs.models import Message, Run
 from workflows.models import Workflow
 
-from conftest import bearer, pace, start, wait_for_status
+from conftest import bearer, pace, start, start_live, wait_for_status
 from examples import THREE_STEPS
+from fakellm import FakeLLM, text
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -45,7 +45,13 @@ def browser(live):
 
 @pytest.fixture
 def page(browser, live, alice):
-    context = browser.new_context(base_url=live.base_url)
+    yield from signed_in(browser, live.base_url)
+
+
+def signed_in(browser, base_url):
+    """A page of a new browser context, logged in as alice on the site at `base_url`; it fails
+    the test if the page logged errors."""
+    context = browser.new_context(base_url=base_url)
     page = context.new_page()
     page.set_default_timeout(15_000)
     expect.set_options(timeout=15_000)
@@ -57,7 +63,7 @@ def page(browser, live, alice):
     page.fill("input[name=username]", "alice")
     page.fill("input[name=password]", "alice-password")
     page.click("button[type=submit]")
-    expect(page).to_have_url(f"{live.base_url}/chats/")
+    expect(page).to_have_url(f"{base_url}/chats/")
     yield page
     context.close()
     assert not errors, f"the page logged errors: {errors}"
@@ -183,48 +189,36 @@ def test_an_mcp_tools_card_shows_its_server_live_and_after_a_reload(page, alice)
     page.screenshot(path=ARTIFACTS / "chat-mcp-tool.png", full_page=True)
 
 
-def sse(run, number, event, data):
-    """One event of the run's stream, as runs/events.py writes it."""
-    return f"id: run-{run.pk}:{number}\nevent: {event}\ndata: {json.dumps(data)}\n\n"
-
-
-def test_a_retry_notice_shows_until_the_reply_comes(page, alice):
-    """The run's stream as the worker sends it when the model server refused the first call:
-    a `model.retry`, then, after the wait, the reply. Scripted here: the workers on main do
-    not retry yet. The stream ends after the notice, and the browser comes back for the rest
-    (after `retry:` ms)."""
-    pace(alice, words=1000, delay_ms=30)
-    thread = create_thread(owner=alice, agent=alice.agents.get())
-    run = services.agent_start(user=alice, thread=thread, message="Are you there?")
-    reason = "the model server answered 429: slow down"
-    retry = sse(
-        run, 1, "model.retry", {"run": str(run.pk), "attempt": 1, "delay": 4, "reason": reason}
-    )
-    reply = sse(run, 2, "message.delta", {"message": 10**9, "text": "Here after the wait."})
-    reply += sse(run, 3, "run.status", {"status": "completed", "error": ""})
-    bodies = iter(["retry: 1500\n\n" + retry, reply])
-
-    def stream(route):
-        body = next(bodies, None)
-        if body is None:
-            return route.abort()
-        route.fulfill(status=200, content_type="text/event-stream", body=body)
-
-    page.route(re.compile(rf"/api/runs/{run.pk}/events/"), stream)
-    try:
-        page.goto(f"/chats/{thread.pk}/")
-        notice = page.locator('section.run [data-role="retry"]')
-        expect(notice).to_have_text(
-            "Provider busy (the model server answered 429: slow down), retrying in 4 s — attempt 1"
-        )
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=ARTIFACTS / "chat-retry.png", full_page=True)
-        expect(streaming(page)).to_have_text("Here after the wait.")
-        expect(notice).to_have_count(0)
-        expect(status(page)).to_have_text("completed")
-    finally:
-        lifecycle.run_stop(run=run)
-        wait_for_status(run.pk, Run.TERMINAL)
+def test_a_retry_notice_shows_until_the_reply_comes(browser, alice, tmp_path, own_redis):
+    """A model server that answers the first call 429 with Retry-After: 3, then the reply: the
+    worker retries (web and worker processes of the test's own, on a Redis of its own, with
+    retries on and the default provider at the fake), and the page says so until the text
+    comes."""
+    with FakeLLM() as fake:
+        fake.fail(429, "slow down", headers={"Retry-After": "3"})
+        fake.script([text("Here after the wait.")])
+        processes = start_live(tmp_path, REDIS_URL=own_redis.url, LLM_BASE_URL=fake.base_url,
+                               LLM_MAX_RETRIES="2")  # fmt: skip
+        try:
+            pages = signed_in(browser, processes.base_url)
+            page = next(pages)
+            pace(alice, words=5, delay_ms=0, model="remote-model")
+            open_chat(page, alice)
+            send(page, "Are you there?")
+            notice = page.locator('section.run [data-role="retry"]')
+            expect(notice).to_have_text(
+                "Provider busy (the model server answered 429: slow down), retrying in 3 s"
+                " — attempt 1"
+            )
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=ARTIFACTS / "chat-retry.png", full_page=True)
+            expect(streaming(page)).to_have_text("Here after the wait.")
+            expect(notice).to_have_count(0)
+            expect(status(page)).to_have_text("completed")
+            next(pages, None)  # its context closes, and its errors are checked
+        finally:
+            processes.stop_all()
+    assert [r.at - fake.requests[0].at >= 2.9 for r in fake.requests] == [False, True]
 
 
 def test_the_agent_form_shows_the_providers_default_model(page, alice):
