@@ -348,6 +348,9 @@ class _Session:
             unreachable = _unreachable(exc)
             if unreachable is not None:
                 return McpError(f"cannot reach {where}: {unreachable}")
+            broken = _find(exc, httpx2.TransportError)
+            if broken is not None:  # it answered, but not in HTTP: not an MCP server there?
+                return McpError(f"the connection to {where} broke: {broken}")
         if mcp_error is not None:
             return McpError(f"{where} answered with an error: {mcp_error.error.message}")
         logger.warning("MCP session failed", exc_info=exc)

@@ -231,6 +231,29 @@ def test_it_says_when_nothing_listens_at_the_url():
     )
 
 
+def test_it_says_when_what_listens_at_the_url_hangs_up_without_answering():
+    with socket.socket() as listener:  # accepts, reads the request, closes: not HTTP
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        def hang_up():
+            for _ in range(3):  # the SDK may try more than once
+                connection, _ = listener.accept()
+                connection.recv(65536)
+                connection.close()
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/mcp"
+        with pytest.raises(mcp.McpError) as error:
+            mcp.list_tools(mcp.Server("odd", "streamable-http", url, allow_private=True), timeout=5)
+    # a reset, or an end without an answer, as the timing has it: either way in words
+    assert str(error.value) in (
+        f"cannot reach the MCP server at {url}: connection reset by peer",
+        f"the connection to the MCP server at {url} broke: Server disconnected without sending"
+        " a response.",
+    )
+
+
 def test_it_refuses_a_private_address_unless_allowed(http_server, settings):
     settings.MCP_ALLOW_PRIVATE = False
     server = mcp.Server("test", "streamable-http", http_server.url)
