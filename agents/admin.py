@@ -1,13 +1,14 @@
 from django import forms
 from django.contrib import admin, messages
 from django.db import models
+from rest_framework.exceptions import ValidationError
 
 from runs.admin import ReadOnlyInline, RunAdmin, ThreadAdmin
 from runs.forms import OVERRIDES
 
 from . import toolbox
 from .auth import AdminLoginForm
-from .connections import HeadersField
+from .connections import HeadersField, parse_headers
 from .models import Agent, ApiKey, McpServer, Provider, RunAgent, ThreadAgent
 
 admin.site.login_form = AdminLoginForm  # throttled as the page login is
@@ -37,13 +38,12 @@ class SecretsForm(forms.ModelForm):
         text = self.cleaned_data["new_headers"].strip()
         if not text:
             return None
-        pairs = [line.partition(":") for line in text.splitlines() if line.strip()]
-        if any(not sep for _, sep, _ in pairs):
-            raise forms.ValidationError("Write each header as `Name: value`.")
         try:
-            return HeadersField().run_validation({n.strip(): v.strip() for n, _, v in pairs})
-        except Exception as exc:  # the API's own rules, in the form's words
-            raise forms.ValidationError(getattr(exc, "detail", str(exc))) from None
+            return HeadersField().run_validation(parse_headers(text))
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        except ValidationError as exc:  # the API's own rules, in the form's words
+            raise forms.ValidationError(exc.detail) from None
 
     def save(self, commit=True):
         if self.cleaned_data.get("clear_headers"):

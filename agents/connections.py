@@ -43,6 +43,19 @@ class Unreachable(ServiceError):
     code = "mcp_unreachable"
 
 
+def parse_headers(text):
+    """`Name: value` lines as a dict (blank lines skipped); ValueError for a line that is not."""
+    headers = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"Line {number} is not “Name: value”.")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
 class HeadersField(serializers.DictField):
     """Extra HTTP headers, write-only: values may be secrets (a proxy's key, a bearer token)."""
 

@@ -24,6 +24,7 @@ from .connections import (
     ProviderSerializer,
     connection_create,
     connection_delete,
+    parse_headers,
 )
 from .models import Provider, agent_of, create_thread
 
@@ -285,19 +286,6 @@ def agent_delete(request, pk):
     agent.delete()  # as the API's delete: its threads and runs keep going, with no agent
     messages.success(request, f"Deleted the agent “{agent}”.")
     return redirect("agents")
-
-
-def parse_headers(text):
-    """`Name: value` lines as a dict (blank lines skipped); ValueError for a line that is not."""
-    headers = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        name, sep, value = line.partition(":")
-        if not sep or not name.strip():
-            raise ValueError(f"Line {number} is not “Name: value”.")
-        headers[name.strip()] = value.strip()
-    return headers
 
 
 def connections_page(request, *, forms=None, errors=None, status=200):
