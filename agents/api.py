@@ -43,13 +43,18 @@ class AgentSerializer(serializers.ModelSerializer):
         many=True, queryset=McpServer.objects.all(), required=False,
         help_text="ids of MCP servers whose tools it may call",
     )  # fmt: skip
+    approve_tools = serializers.ListField(
+        child=serializers.CharField(max_length=200), max_length=200, required=False,
+        help_text='tools (as the model names them: `<server>__<tool>` for an MCP one) whose'
+        ' every call a person approves first; "*" for all',
+    )  # fmt: skip
     config = serializers.DictField(required=False)
 
     class Meta:
         model = Agent
         fields = [
             "id", "name", "instructions", "provider", "model", "temperature", "max_tokens",
-            "tools", "mcp_servers", "config", "created", "updated",
+            "tools", "mcp_servers", "approve_tools", "config", "created", "updated",
         ]  # fmt: skip
 
     def validate_name(self, value):
@@ -67,6 +72,9 @@ class AgentSerializer(serializers.ModelSerializer):
             raise serializers.ValidationError(
                 f"Unknown tools: {', '.join(unknown)}. Known: {', '.join(tools.names())}."
             )
+        return list(dict.fromkeys(value))
+
+    def validate_approve_tools(self, value):
         return list(dict.fromkeys(value))
 
     def validate_mcp_servers(self, value):

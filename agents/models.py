@@ -106,6 +106,10 @@ class Agent(models.Model):
     max_tokens = models.PositiveIntegerField(null=True, blank=True, help_text="of output")
     tools = models.JSONField(default=list, blank=True, help_text="names of the tools it may call")
     mcp_servers = models.ManyToManyField(McpServer, blank=True, related_name="agents")
+    approve_tools = models.JSONField(
+        default=list, blank=True,
+        help_text='tools (as the model names them) a person approves each call of; "*": all',
+    )  # fmt: skip
     config = models.JSONField(default=dict, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
@@ -116,6 +120,9 @@ class Agent(models.Model):
 
     def __str__(self):
         return self.name
+
+    def needs_approval(self, tool):
+        return tool in self.approve_tools or "*" in self.approve_tools
 
     @property
     def model_label(self):

@@ -10,16 +10,24 @@ from concurrent.futures import ThreadPoolExecutor
 from django.conf import settings
 
 from runs import stream
-from runs.loop import RunFailed, RunLoop, Stopped, closing_connection, storable_text
-from runs.models import Message
+from runs.loop import RunFailed, RunLoop, Stopped, Waiting, closing_connection, storable_text
+from runs.models import InputRequest, Message
 
 from . import llm, toolbox, tools
 from .models import agent_of
+from .tools.builtin import ASK_USER
 
 
 class AgentLoop(RunLoop):
     """An agent run: the thread's conversation, answered by the run's agent. `converse()` is
-    the conversation, which workflow runs' agent steps hold too."""
+    the conversation, which workflow runs' agent steps hold too.
+
+    A call that needs a person (a tool in the agent's `approve_tools`, or `ask_user`) saves a
+    request and the run waits (runs.loop.Waiting) once the turn's other calls are done; the
+    answer enqueues it again, and this loop, on whichever worker claims it, finds the turn
+    still open, makes its calls as the person decided and goes on."""
+
+    waits = True  # workflow steps cannot wait: their calls that need a person are refused
 
     def body(self):
         with closing_connection():
@@ -27,15 +35,21 @@ class AgentLoop(RunLoop):
             if agent is None:
                 raise RunFailed("the run's agent was deleted")
             history = history_messages(self.thread, agent)
-        self.converse(agent, history)
+            open_calls = self._open_calls()
+        self.converse(agent, history, open_calls)
 
-    def converse(self, agent, history):
+    def converse(self, agent, history, open_calls=()):
         """Model turns, with the tool calls they ask for, until the model answers without
-        calling a tool. Returns that last assistant message."""
+        calling a tool. Returns that last assistant message. `open_calls`: the calls of the
+        run's last turn that have no result yet (it waited), made first."""
         with closing_connection():
             model = llm.get_model(agent)
         box = toolbox.for_agent(agent, stop=self.stop)
         schemas = tools.schemas(box)
+        if open_calls:
+            self._call_tools(open_calls, box, agent)
+            with closing_connection():
+                history = history_messages(self.thread, agent)
         for _ in range(settings.RUN_MAX_TURNS):
             self._check()
             message = self._model_turn(model, history, schemas)
@@ -43,24 +57,94 @@ class AgentLoop(RunLoop):
             if not message.tool_calls:
                 return message
             history.append(as_chat_message(message))
-            history.extend(map(as_chat_message, self._call_tools(message.tool_calls, box)))
+            results = self._call_tools(message.tool_calls, box, agent)
+            history.extend(map(as_chat_message, results))
         raise RunFailed(
             f"the agent used all {settings.RUN_MAX_TURNS} model turns without finishing"
         )
 
-    def _call_tools(self, calls, box):
+    def _open_calls(self):
+        """The calls of this run's last assistant message that no tool message answers."""
+        last = self.run.messages.filter(role=Message.Role.ASSISTANT).order_by("position").last()
+        if last is None or not last.tool_calls:
+            return []
+        answered = set(
+            self.thread.messages.filter(
+                role=Message.Role.TOOL, position__gt=last.position
+            ).values_list("tool_call_id", flat=True)
+        )
+        return [call for call in last.tool_calls if call["id"] not in answered]
+
+    def _call_tools(self, calls, box, agent):
         """The calls of one turn, at once (at most TOOLS_MAX_CALLS_PER_RUN together), each
         announced as it starts and ends; their results in the order the model asked. Calls
-        beyond TOOLS_MAX_CALLS_PER_TURN are answered with an error and not run."""
+        beyond TOOLS_MAX_CALLS_PER_TURN are answered with an error and not run. When some wait
+        for a person, the others are made, then the run waits (Waiting)."""
         limit = settings.TOOLS_MAX_CALLS_PER_TURN
         refused = tools.ToolResult(None, f"too many tool calls in one turn (at most {limit})")
-        jobs = [(call, None if i < limit else refused) for i, call in enumerate(calls)]
-        if len(jobs) == 1:
-            return [self._call_tool(*jobs[0], box=box)]
+        with closing_connection():
+            asked = {r.call: r for r in self.run.requests.filter(call__in=[c["id"] for c in calls])}
+        jobs, waiting = [], False
+        for i, call in enumerate(calls):
+            job = (call, None, call["arguments"]) if i < limit else (call, refused, None)
+            if i < limit and self._needs_person(call, box, agent):
+                job = self._as_decided(call, box, asked.get(call["id"]))
+            if job is None:
+                waiting = True
+            else:
+                jobs.append(job)
+        results = self._run_jobs(jobs, box)
+        if waiting:
+            raise Waiting
+        return results
+
+    def _run_jobs(self, jobs, box):
+        if len(jobs) <= 1:
+            return [self._call_tool(*job, box=box) for job in jobs]
         workers = min(len(jobs), settings.TOOLS_MAX_CALLS_PER_RUN)
         with ThreadPoolExecutor(workers, thread_name_prefix=f"run-{self.run.pk}-tools") as pool:
             futures = [pool.submit(self._call_tool, *job, box=box) for job in jobs]
             return [future.result() for future in futures]  # a stop raises Stopped here
+
+    def _needs_person(self, call, box, agent):
+        if call["name"] not in box:
+            return False  # not the agent's to call: the call path answers it with an error
+        return call["name"] == ASK_USER or agent.needs_approval(call["name"])
+
+    def _as_decided(self, call, box, request):
+        """The call as a person decided it: a job (call, result or None, arguments), or None
+        while the decision is awaited (a request made now and announced, or still pending)."""
+        if not self.waits:
+            refusal = "this call needs a person's answer, and a workflow step cannot wait for one"
+            return call, tools.ToolResult(None, refusal), None
+        if request is None:
+            checked = tools.check(call["name"], call["arguments"], box)
+            if isinstance(checked, tools.ToolResult):
+                return call, checked, None  # not worth a person's time: the model hears why
+            arguments = checked[1]
+            self._ask(call, question=arguments["question"] if call["name"] == ASK_USER else "")
+            return None
+        Status = InputRequest.Status
+        if request.status == Status.APPROVED:
+            return call, None, request.approved_arguments or call["arguments"]
+        if request.status == Status.ANSWERED:
+            return call, tools.ToolResult(request.answer, None), None
+        if request.status == Status.DENIED:
+            why = f": {request.reason}" if request.reason else ""
+            return call, tools.ToolResult(None, f"the person denied this call{why}"), None
+        return None  # pending
+
+    def _ask(self, call, *, question):
+        kind = InputRequest.Kind.QUESTION if question else InputRequest.Kind.APPROVAL
+        with closing_connection():
+            request, made = InputRequest.objects.get_or_create(
+                run=self.run,
+                call=call["id"],
+                defaults={"kind": kind, "name": call["name"], "arguments": call["arguments"],
+                          "question": question},
+            )  # fmt: skip
+        if made:
+            stream.emit(self.run.pk, "input.requested", request=request.as_event())
 
     def _model_turn(self, model, history, schemas):
         """Stream one model turn into a new assistant message, announcing the text in coalesced
@@ -143,10 +227,11 @@ class AgentLoop(RunLoop):
             raise Stopped
         return result
 
-    def _call_tool(self, call, result=None, *, box):
-        """Run the call (or answer it with `result`) and save its result as a tool message."""
+    def _call_tool(self, call, result, arguments, *, box):
+        """Run the call with `arguments` (or answer it with `result`) and save its result as a
+        tool message."""
         if result is None:
-            result = self._run_tool(call["id"], call["name"], call["arguments"], box)
+            result = self._run_tool(call["id"], call["name"], arguments, box)
         else:
             server = tool_server(call["name"], box)
             stream.emit(self.run.pk, "tool.started", call=call["id"], name=call["name"],

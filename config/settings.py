@@ -185,6 +185,8 @@ REDIS_POOL_SIZE = env_int("REDIS_POOL_SIZE", 50)  # connections per process
 RUN_MAX_ACTIVE_PER_USER = env_int("RUN_MAX_ACTIVE_PER_USER", 10)
 RUN_MESSAGE_MAX_BYTES = env_int("RUN_MESSAGE_MAX_BYTES", 32 * 1024)  # and workflow renders
 RUN_MAX_TURNS = env_int("RUN_MAX_TURNS", 8)
+# seconds a run waits for a person's answer (an approval, a question) before it ends failed
+RUN_WAIT_TIMEOUT = env_int("RUN_WAIT_TIMEOUT", 24 * 3600)
 RUN_TIME_LIMIT = env_int("RUN_TIME_LIMIT", 15 * 60)  # seconds a run may take
 # A killed worker's run ends within lease + reaper period (25 s, under the 30 s promised); a
 # lease outlives three missed renewals (a 15 s stall), each renewal one UPDATE per process.

@@ -5,7 +5,7 @@ modules."""
 
 from django.contrib import admin
 
-from .models import Message, Run, Thread
+from .models import InputRequest, Message, Run, Thread
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -25,6 +25,15 @@ class MessageInline(ReadOnlyInline):
     model = Message
     fields = ["position", "role", "content", "name", "tool_calls", "is_error", "created"]
     ordering = ["position"]
+
+
+class InputRequestInline(ReadOnlyInline):
+    """What the run asked a person, and the answers: people answer on the chat page or with
+    the API (an answer enqueues the run; the admin only shows them)."""
+
+    model = InputRequest
+    fields = ["kind", "name", "arguments", "question", "status", "approved_arguments", "reason",
+              "answer", "created", "resolved"]  # fmt: skip
 
 
 class RunInline(ReadOnlyInline):
@@ -57,4 +66,4 @@ class RunAdmin(admin.ModelAdmin):
         "kind", "status", "error", "attempt", "lease_owner", "lease_expires", "stop_requested",
         "requeued", "input_tokens", "output_tokens", "created", "started", "finished",
     ]  # fmt: skip
-    inlines = [MessageInline]
+    inlines = [InputRequestInline, MessageInline]

@@ -1,16 +1,17 @@
 """The runs API (list, get, stop, retry; the event stream is runs/events.py), and what every app's
 API shares: the owner-only view set, references to the user's own objects, race-safe writes."""
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
-from drf_spectacular.utils import extend_schema, extend_schema_view
+from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_view
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from . import openapi
 from .errors import ServiceConflict
-from .lifecycle import run_retry, run_stop
-from .models import Message, Run
+from .lifecycle import run_respond, run_retry, run_stop
+from .models import InputRequest, Message, Run
 from .parsers import integer, object_id
 
 
@@ -39,11 +40,51 @@ class MessageSerializer(serializers.ModelSerializer):
         ]  # fmt: skip
 
 
+class PendingSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    kind = serializers.ChoiceField(InputRequest.Kind.choices)
+    call = serializers.CharField(help_text="the tool call's id")
+    name = serializers.CharField(help_text="the tool, as the model named it")
+    arguments = serializers.CharField(help_text="JSON text, as the model wrote them")
+    question = serializers.CharField(help_text="a question's text; empty for an approval")
+
+
+class RespondSerializer(serializers.Serializer):
+    request = serializers.IntegerField(help_text="the id of one of the run's pending requests")
+    approve = serializers.BooleanField(
+        required=False, allow_null=True, default=None,
+        help_text="an approval: true approves, false denies",
+    )  # fmt: skip
+    arguments = serializers.CharField(
+        required=False, allow_null=True, default=None, trim_whitespace=False,
+        help_text="approving: the arguments to call the tool with instead (a JSON object)",
+    )  # fmt: skip
+    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000,
+                                   help_text="denying: why, for the model")  # fmt: skip
+    answer = serializers.CharField(required=False, allow_blank=True, default="",
+                                   help_text="a question: the answer")  # fmt: skip
+
+    def validate_arguments(self, value):
+        return _within_message_limit(value)
+
+    def validate_answer(self, value):
+        return _within_message_limit(value)
+
+
+def _within_message_limit(value):
+    if value and len(value.encode()) > settings.RUN_MESSAGE_MAX_BYTES:
+        raise serializers.ValidationError(
+            f"Ensure this field has no more than {settings.RUN_MESSAGE_MAX_BYTES} bytes."
+        )
+    return value
+
+
 class RunSerializer(serializers.ModelSerializer):
     """A run as the API shows it. The apps that keep rows beside runs add their fields (a run's
     agent, its workflow) with `extend()` from their ready(): every run shows them all."""
 
     events_url = serializers.SerializerMethodField()
+    pending = serializers.SerializerMethodField()
     extensions = {}  # field name -> (a function making the field, the relation it reads)
 
     class Meta:
@@ -51,7 +92,7 @@ class RunSerializer(serializers.ModelSerializer):
         fields = [
             "id", "kind", "thread", "retry_of", "status", "trigger", "error", "attempt",
             "stop_requested", "input_tokens", "output_tokens", "created", "started", "finished",
-            "events_url",
+            "events_url", "pending",
         ]  # fmt: skip
 
     @classmethod
@@ -72,6 +113,14 @@ class RunSerializer(serializers.ModelSerializer):
 
     def get_events_url(self, run) -> str:
         return f"/api/runs/{run.pk}/events/"
+
+    @extend_schema_field(PendingSerializer(many=True))
+    def get_pending(self, run):
+        """What a waiting run asks (only a waiting run has a request pending: no query else)."""
+        if run.status != Run.Status.WAITING:
+            return []
+        pending = run.requests.filter(status=InputRequest.Status.PENDING)
+        return [request.as_event() for request in pending]
 
 
 class RunFilterSerializer(serializers.Serializer):
@@ -138,6 +187,22 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
         run = self.get_object()
         run_stop(run=run)
         run.refresh_from_db()
+        return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        request=RespondSerializer,
+        responses={
+            202: RunSerializer,
+            409: openapi.error("`conflict`: the request is not pending, or the run not waiting."),
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def respond(self, request, pk=None):
+        """Answer what a waiting run asks: approve or deny a tool call, or answer a question.
+        Once nothing is pending the run is enqueued again and goes on on the same stream."""
+        data = RespondSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        run = run_respond(run=self.get_object(), **data.validated_data)
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(

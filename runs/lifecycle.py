@@ -1,10 +1,11 @@
-"""The run lifecycle: start, claim, stop, finish and retry.
+"""The run lifecycle: start, claim, wait, respond, stop, finish and retry.
 
 Every transition is a conditional UPDATE whose row count says whether this caller made it, so a
 run reaches one terminal status once, whoever races for it (a worker finishing, a stop request,
 the reaper). Row counts are how the engine does a thing once; the event log's "ended" key is the
 one other guard, for the reason given in run_finish."""
 
+import json
 import logging
 import time
 from datetime import timedelta
@@ -19,8 +20,8 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from . import kinds, stream
-from .errors import QueueUnavailable, ServiceConflict, ThreadBusy, TooManyRuns
-from .models import Run, Thread
+from .errors import QueueUnavailable, ServiceConflict, ServiceError, ThreadBusy, TooManyRuns
+from .models import InputRequest, Run, Thread
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def _enqueue(run, *, made_thread):
     """Announce the committed run (on its own stream and on its thread's) and send its task.
     When the broker is down the start is refused and saves nothing: the run's log gets its end,
     for a client already following it, and what the start committed is deleted again."""
-    stream.emit(run.id, "run.status", status=run.status, error="")
+    stream.emit(run.id, "run.status", status=run.status, error="", attempt=run.attempt)
     stream.announce_run_started(run)
     try:
         send_run_task(run.id)
@@ -145,26 +146,140 @@ def run_claim(*, run_id, worker):
         if run.status == Run.Status.QUEUED:  # stop requested but not yet applied
             run_finish(run=run, status=Run.Status.STOPPED)
         return None
-    stream.emit(run.id, "run.status", status=run.status, error="")
+    stream.emit(run.id, "run.status", status=run.status, error="", attempt=run.attempt)
     return run
 
 
 def run_stop(*, run):
-    """Ask a run to stop. A queued run ends stopped at once; a running one gets the durable
-    flag (column and Redis key) and a nudge, and its worker ends it within a second. Stopping
-    an ended run does nothing."""
+    """Ask a run to stop. A queued or waiting run ends stopped at once (a waiting one's requests
+    are cancelled); a running one gets the durable flag (column and Redis key) and a nudge, and
+    its worker ends it within a second. Stopping an ended run does nothing."""
     now = timezone.now()
-    if run_finish(run=run, status=Run.Status.STOPPED, where=Q(status=Run.Status.QUEUED)):
-        return
-    # keeps the first request's time; the row count says whether the run is running
-    running = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(
-        stop_requested=Coalesce("stop_requested", Value(now))
-    )
-    if running:
-        try:
-            stream.request_stop(run.pk)
-        except redis.RedisError as exc:  # the worker finds the column at its next heartbeat
-            log.warning("run %s: could not raise the stop flag: %s", run.pk, exc)
+    # a run may move between the two updates (running to waiting, waiting to queued): look again
+    for _ in range(3):
+        if end_parked(run, Run.Status.STOPPED, requests=InputRequest.Status.CANCELLED):
+            return
+        # keeps the first request's time; the row count says whether the run is running
+        running = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(
+            stop_requested=Coalesce("stop_requested", Value(now))
+        )
+        if running:
+            try:
+                stream.request_stop(run.pk)
+            except redis.RedisError as exc:  # the worker finds the column at its next heartbeat
+                log.warning("run %s: could not raise the stop flag: %s", run.pk, exc)
+            return
+        if not Run.objects.active().filter(pk=run.pk).exists():
+            return
+
+
+PARKED = (Run.Status.QUEUED, Run.Status.WAITING)  # active, and no worker holds them
+
+
+def run_wait(*, run, usage=None):
+    """Park a running run (this attempt's) until a person answers its pending requests: no
+    worker, no lease. Returns False when it may not wait (a stop came first, or the run is no
+    longer this attempt's)."""
+    changes = {"status": Run.Status.WAITING, "lease_owner": "", "lease_expires": None}
+    changes.update(_usage(usage))
+    waiting = Run.objects.filter(
+        pk=run.pk, status=Run.Status.RUNNING, attempt=run.attempt, stop_requested=None
+    ).update(**changes)
+    if waiting:
+        run.status = Run.Status.WAITING
+        stream.emit(run.pk, "run.status", status=run.status, error="", attempt=run.attempt)
+    return bool(waiting)
+
+
+def run_respond(*, run, request, approve=None, arguments=None, reason="", answer=""):
+    """Record a person's answer to one of the run's pending requests (its id), and once none is
+    pending, enqueue the run again: any worker goes on from the decisions. A request that is
+    not pending, or a run that no longer waits, is a ServiceConflict."""
+    with transaction.atomic():
+        # the run's row first: a stop (or another answer) waits for this one, or came first
+        run = Run.objects.select_for_update().get(pk=run.pk)
+        found = run.requests.select_for_update().filter(pk=request).first()
+        if found is None:
+            raise ServiceError("This run has no such request.", field="request")
+        if found.status != InputRequest.Status.PENDING or run.status != Run.Status.WAITING:
+            raise ServiceConflict(
+                f"This request is not pending (it is {found.status}; the run is {run.status})."
+            )
+        _decide(found, approve=approve, arguments=arguments, reason=reason, answer=answer)
+        transaction.on_commit(
+            lambda: stream.emit(run.pk, "input.resolved", request=found.decision())
+        )
+        if not run.requests.filter(status=InputRequest.Status.PENDING).exists():
+            # `requeued`: the reaper gives its task the usual time before sending it again
+            now = timezone.now()
+            Run.objects.filter(pk=run.pk).update(status=Run.Status.QUEUED, requeued=now)
+            run.status = Run.Status.QUEUED
+            transaction.on_commit(lambda: _wake(run))
+    return run
+
+
+def _decide(request, *, approve, arguments, reason, answer):
+    if request.kind == InputRequest.Kind.QUESTION:
+        if not answer or not answer.strip():
+            raise ServiceError("A question needs an answer.", field="answer")
+        request.status, request.answer = InputRequest.Status.ANSWERED, answer
+    else:
+        if approve is None:
+            raise ServiceError("Approve (true) or deny (false) the call.", field="approve")
+        if approve and arguments is not None:
+            problem = _not_an_object(arguments)
+            if problem:
+                raise ServiceError(f"The arguments must be a JSON object: {problem}.",
+                                   field="arguments")  # fmt: skip
+            request.approved_arguments = arguments
+        request.status = InputRequest.Status.APPROVED if approve else InputRequest.Status.DENIED
+        request.reason = "" if approve else reason
+    request.resolved = timezone.now()
+    request.save()
+
+
+def _not_an_object(text):
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        return str(exc)
+    return None if isinstance(value, dict) else f"it is a {type(value).__name__}"
+
+
+def _wake(run):
+    stream.emit(run.pk, "run.status", status=run.status, error="", attempt=run.attempt)
+    try:
+        send_run_task(run.pk)
+    except Exception as exc:  # the reaper sends it again once RUN_REQUEUE_SECONDS have passed
+        log.warning("run %s: answered, but could not enqueue it: %s", run.pk, exc)
+
+
+def end_parked(run, status, *, requests, error="", where=None):
+    """End a queued or waiting run (one no worker holds) as `status`, its pending requests
+    closed as `requests` (cancelled, expired) and announced before its end. The run's row is
+    locked, as an answer locks it, so the two come one after the other. Returns whether this
+    call ended the run."""
+    with transaction.atomic():
+        parked = Run.objects.select_for_update().filter(where or Q(), pk=run.pk)
+        parked = parked.filter(status__in=PARKED)
+        if not parked.exists():
+            return False
+        now = timezone.now()
+        for request in run.requests.filter(status=InputRequest.Status.PENDING):
+            request.status, request.resolved = requests, now
+            request.save(update_fields=["status", "resolved"])
+            stream.emit(run.pk, "input.resolved", request=request.decision())
+        return run_finish(run=run, status=status, error=error, where=Q(status__in=PARKED))
+
+
+def _usage(usage):
+    """The columns' increments for an attempt's tokens: a run that waited has several."""
+    if not usage:
+        return {}
+    return {
+        "input_tokens": F("input_tokens") + usage[0],
+        "output_tokens": F("output_tokens") + usage[1],
+    }
 
 
 def run_finish(*, run, status, error="", where=None, usage=None):
@@ -174,18 +289,20 @@ def run_finish(*, run, status, error="", where=None, usage=None):
     changes = {"status": status, "error": error[:2000], "finished": timezone.now()}
     if status == Run.Status.STOPPED:
         changes["stop_requested"] = run.stop_requested or timezone.now()
-    if usage:
-        changes["input_tokens"], changes["output_tokens"] = usage
-    if not Run.objects.active().filter(where or Q(), pk=run.pk).update(**changes):
+    if not Run.objects.active().filter(where or Q(), pk=run.pk).update(**changes, **_usage(usage)):
         return False
     for field, value in changes.items():
         setattr(run, field, value)
+    if usage:
+        run.input_tokens, run.output_tokens = Run.objects.values_list(
+            "input_tokens", "output_tokens"
+        ).get(pk=run.pk)
     # The row count makes this the one call that ended the run, but the log keeps a guard of its
     # own (the "ended" key its append script checks, in stream.py): the reaper also announces
     # ends, of runs whose process died before this emit, and cannot tell a dead process from a
     # slow one; and events still arriving after the end (a late tool result, a worker that lost
     # its run) must not append. Only the append itself, one atomic Redis step, can decide both.
-    stream.emit(run.pk, "run.status", status=status, error=run.error)
+    stream.emit(run.pk, "run.status", status=status, error=run.error, attempt=run.attempt)
     stream.retain(run.pk, run.owner_id)
     return True
 

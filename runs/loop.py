@@ -16,7 +16,7 @@ from django.db import connection
 from django.db.models import Q
 
 from . import kinds, stream
-from .lifecycle import run_claim, run_finish
+from .lifecycle import run_claim, run_finish, run_wait
 from .models import Run
 from .worker import worker
 
@@ -34,6 +34,11 @@ class Stopped(Exception):
 
 class RunFailed(Exception):
     pass
+
+
+class Waiting(Exception):
+    """The run asked a person something (its InputRequest rows are saved): it waits for the
+    answer holding no worker, and an answer enqueues it again."""
 
 
 @contextlib.contextmanager
@@ -87,6 +92,10 @@ class RunLoop:
         status, error = Run.Status.COMPLETED, ""
         try:
             self.body()
+        except Waiting:
+            if self._wait():
+                return
+            status = Run.Status.STOPPED  # a stop came before the wait
         except Stopped:
             if self.lease.expired:  # the worker cut the run off at its deadline
                 status, error = Run.Status.FAILED, self._over_time()
@@ -102,13 +111,7 @@ class RunLoop:
         if not self.lease.held():
             log.warning("run %s: lost its lease; whoever took it ends it", self.run.pk)
             return
-        if self.input_tokens or self.output_tokens:
-            stream.emit(
-                self.run.pk,
-                "usage",
-                input_tokens=self.input_tokens,
-                output_tokens=self.output_tokens,
-            )
+        self._announce_usage()
         with closing_connection():
             run_finish(
                 run=self.run,
@@ -116,6 +119,25 @@ class RunLoop:
                 error=error,
                 where=Q(attempt=self.run.attempt),
                 usage=(self.input_tokens, self.output_tokens),
+            )
+
+    def _wait(self):
+        """Park the run; False when a stop came first (the run then ends stopped)."""
+        if not self.lease.held():
+            return True  # the run is someone else's now: they end it
+        with closing_connection():
+            waiting = run_wait(run=self.run, usage=(self.input_tokens, self.output_tokens))
+        if waiting:
+            self._announce_usage()
+        return waiting
+
+    def _announce_usage(self):
+        if self.input_tokens or self.output_tokens:
+            stream.emit(
+                self.run.pk,
+                "usage",
+                input_tokens=self.input_tokens,
+                output_tokens=self.output_tokens,
             )
 
     def _check(self):

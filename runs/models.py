@@ -118,6 +118,7 @@ class Run(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued"
         RUNNING = "running"
+        WAITING = "waiting"  # for a person's answer: no worker, no lease (runs.lifecycle)
         COMPLETED = "completed"
         FAILED = "failed"
         STOPPED = "stopped"
@@ -128,7 +129,7 @@ class Run(models.Model):
         SCHEDULE = "schedule"
         WORKFLOW = "workflow"
 
-    ACTIVE = (Status.QUEUED, Status.RUNNING)
+    ACTIVE = (Status.QUEUED, Status.RUNNING, Status.WAITING)
     TERMINAL = (Status.COMPLETED, Status.FAILED, Status.STOPPED)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -169,7 +170,7 @@ class Run(models.Model):
             # check-then-insert that two requests could both pass.
             models.UniqueConstraint(
                 fields=["thread"],
-                condition=Q(status__in=["queued", "running"]),
+                condition=Q(status__in=["queued", "running", "waiting"]),
                 name="run_one_active_per_thread",
             )
         ]
@@ -184,3 +185,67 @@ class Run(models.Model):
     @property
     def is_active(self):
         return self.status in self.ACTIVE
+
+
+class InputRequest(models.Model):
+    """What a waiting run asks a person: to approve a tool call, or to answer a question (the
+    `ask_user` tool). The run waits in the database, so a wait survives every restart; the
+    answer enqueues it again (runs.lifecycle.run_respond) and the loop reads the decision."""
+
+    class Kind(models.TextChoices):
+        APPROVAL = "approval"
+        QUESTION = "question"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        DENIED = "denied"
+        ANSWERED = "answered"
+        CANCELLED = "cancelled"  # the run was stopped
+        EXPIRED = "expired"  # no answer within RUN_WAIT_TIMEOUT
+
+    run = models.ForeignKey(Run, models.CASCADE, related_name="requests")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    call = models.CharField(max_length=100, help_text="the id of the tool call it is about")
+    name = models.CharField(max_length=200, help_text="the tool, as the model named it")
+    arguments = models.TextField(blank=True, help_text="JSON text, as the model wrote them")
+    question = models.TextField(blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    # the decision: the arguments approved (edited, or "" for the model's), a denial's
+    # reason, a question's answer
+    approved_arguments = models.TextField(blank=True)
+    reason = models.TextField(blank=True)
+    answer = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    resolved = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "call"], name="input_request_one_per_call")
+        ]
+        indexes = [models.Index(fields=["status", "created"], name="input_request_status")]
+
+    def __str__(self):
+        return f"{self.kind} {self.name} ({self.status})"
+
+    def as_event(self):
+        """The request as events and the API show it (`pending` on a run)."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "call": self.call,
+            "name": self.name,
+            "arguments": self.arguments,
+            "question": self.question,
+        }
+
+    def decision(self):
+        """What `input.resolved` carries: the request and what became of it."""
+        return {
+            **self.as_event(),
+            "status": self.status,
+            "approved_arguments": self.approved_arguments,
+            "reason": self.reason,
+            "answer": self.answer,
+        }

@@ -108,6 +108,10 @@ def _data(**properties):
 
 TEXT, INTEGER, ANY = {"type": "string"}, {"type": "integer"}, {}
 TEXT_OR_NULL = {"type": ["string", "null"]}
+REQUEST = {
+    "id": INTEGER, "kind": {"enum": ["approval", "question"]}, "call": TEXT, "name": TEXT,
+    "arguments": TEXT, "question": TEXT,
+}  # fmt: skip
 STEP = {"step": TEXT, "index": INTEGER, "status": TEXT, "output": ANY, "error": TEXT}
 
 # type: (what it means, the schema of its data)
@@ -119,8 +123,10 @@ EVENTS = {
     ),
     "run.status": (
         "Every transition. The last event of a run is its terminal status (`completed`,"
-        " `failed`, `stopped`); the server then ends the stream.",
-        _data(status={"enum": list(Run.Status.values)}, error=TEXT),
+        " `failed`, `stopped`); the server then ends the stream. `waiting`: the run asked a"
+        " person something (`input.requested`) and holds no worker until the answer; it is"
+        " `queued` again once answered. `attempt` counts the run's claims by a worker.",
+        _data(status={"enum": list(Run.Status.values)}, error=TEXT, attempt=INTEGER),
     ),
     "message.delta": (
         "The next piece of the text of message `message`.",
@@ -156,7 +162,27 @@ EVENTS = {
         " again in `delay` seconds; `attempt` counts from 1, up to LLM_MAX_RETRIES.",
         _data(attempt=INTEGER, delay={"type": "number"}, reason=TEXT),
     ),
-    "usage": ("The tokens the run used.", _data(input_tokens=INTEGER, output_tokens=INTEGER)),
+    "input.requested": (
+        "The run asks a person: to approve a tool call (`kind` `approval`), or to answer"
+        " `question` (`question`, the `ask_user` tool). Answer with"
+        " `POST /api/runs/{id}/respond/`.",
+        _data(request=_object(**REQUEST)),
+    ),
+    "input.resolved": (
+        "What became of a request: `approved` (with `approved_arguments` if edited),"
+        " `denied` (with a `reason`), `answered` (with the `answer`), `cancelled` (the run was"
+        " stopped) or `expired` (RUN_WAIT_TIMEOUT).",
+        _data(
+            request=_object(
+                **REQUEST, status=TEXT, approved_arguments=TEXT, reason=TEXT, answer=TEXT
+            )
+        ),
+    ),
+    "usage": (
+        "The tokens this attempt used (a run that waited has one such event per attempt; the"
+        " run's totals are on the run).",
+        _data(input_tokens=INTEGER, output_tokens=INTEGER),
+    ),
     "step.started": ("A workflow step begins.", _data(**STEP)),
     "step.done": (
         "It ended; `reused`: a retry kept the output of an earlier run.",

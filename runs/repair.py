@@ -12,8 +12,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from . import stream
-from .lifecycle import run_finish, send_run_task
-from .models import Message, Run
+from .lifecycle import end_parked, run_finish, send_run_task
+from .models import InputRequest, Message, Run
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,7 @@ def runs_reap():
     now = timezone.now()
     _announce_ends(now)
     _requeue_unclaimed(now)
+    _expire_waits(now)
     reaped = 0
     for run in Run.objects.lapsed(now):
         # Take the lapsed lease first: reapers queued up while no worker was alive run at once,
@@ -38,6 +39,25 @@ def runs_reap():
             log.warning("run %s: reaped, its worker %s was lost", run.pk, run.lease_owner)
             reaped += 1
     return reaped
+
+
+WAITING = Q(status=Run.Status.WAITING)
+
+
+def _expire_waits(now):
+    """Fail the waiting runs with a request unanswered for RUN_WAIT_TIMEOUT seconds."""
+    limit = settings.RUN_WAIT_TIMEOUT
+    asked_before = now - timedelta(seconds=limit)
+    overdue = Run.objects.filter(
+        status=Run.Status.WAITING,
+        requests__status=InputRequest.Status.PENDING,
+        requests__created__lt=asked_before,
+    )
+    for run in overdue.distinct()[:500]:
+        error = f"nobody answered what the run asked within {limit} s (RUN_WAIT_TIMEOUT)"
+        expired = InputRequest.Status.EXPIRED
+        if end_parked(run, Run.Status.FAILED, requests=expired, error=error, where=WAITING):
+            log.warning("run %s: its wait expired", run.pk)
 
 
 def _requeue_unclaimed(now):
@@ -65,7 +85,7 @@ def _announce_ends(now):
     so within milliseconds; a run is looked at for two minutes after that grace."""
     grace = timedelta(seconds=5)
     ended = Run.objects.ended_between(now - grace - timedelta(minutes=2), now - grace)
-    runs = {run.pk: run for run in ended.only("pk", "owner_id", "status", "error")}
+    runs = {run.pk: run for run in ended.only("pk", "owner_id", "status", "error", "attempt")}
     try:
         unannounced = stream.unannounced(list(runs))
     except redis.RedisError as exc:
@@ -74,8 +94,9 @@ def _announce_ends(now):
     for pk in unannounced:
         log.warning("run %s: ended %s without its terminal event; emitting it", pk, runs[pk].status)
         # should the process that ended it be slow rather than dead, the log keeps one of the two
-        stream.emit(pk, "run.status", status=runs[pk].status, error=runs[pk].error)
-        stream.retain(pk, runs[pk].owner_id)
+        run = runs[pk]
+        stream.emit(pk, "run.status", status=run.status, error=run.error, attempt=run.attempt)
+        stream.retain(pk, run.owner_id)
 
 
 def _salvage_reply(run):

@@ -183,7 +183,9 @@ def emit(run_id, event_type, **data):
     channel = f"run-{run_id}"
     payload = json.dumps({"run": str(run_id), **data}, cls=DjangoJSONEncoder)
     once = event_type == "run.status" and data.get("status") in Run.TERMINAL
+    # a run's log begins with its queued status; queued again (after a wait) is not a beginning
     first = event_type == "run.status" and data.get("status") == Run.Status.QUEUED
+    first = first and not data.get("attempt")
     storage = StreamStorage()
     try:
         event = storage.append_event(

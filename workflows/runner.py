@@ -21,6 +21,8 @@ class StepFailed(Exception):
 
 
 class WorkflowLoop(AgentLoop):
+    waits = False  # a step that waited would run again from its start on resume: not built
+
     def body(self):
         with closing_connection():
             started = self.run.workflow_run

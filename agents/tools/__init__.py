@@ -147,7 +147,9 @@ def call(name, arguments, *, allowed, user, run, stop=None) -> ToolResult:
         return _error(f"{type(exc).__name__}: {exc}")
 
 
-def _call(name, arguments, allowed, user, run, stop):
+def check(name, arguments, allowed):
+    """The tool `name` among `allowed` (as `call` takes it) and the arguments the JSON text
+    `arguments` holds, or the ToolResult (an error) that says why the call cannot be made."""
     if isinstance(allowed, Mapping):
         tool = allowed.get(name)
     else:
@@ -172,7 +174,14 @@ def _call(name, arguments, allowed, user, run, stop):
     if problem is not None:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in problem.path)
         return _error(f"arguments{where}: {_shorten(problem.message)}")
+    return tool, args
 
+
+def _call(name, arguments, allowed, user, run, stop):
+    checked = check(name, arguments, allowed)
+    if isinstance(checked, ToolResult):
+        return checked
+    tool, args = checked
     problem = _slots.take(user, run)
     if problem is not None:
         return _error(problem)

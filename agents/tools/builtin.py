@@ -1,4 +1,5 @@
-"""The tools Relay ships with: calculator, current_time and http_get."""
+"""The tools Relay ships with: calculator, current_time, http_get, and ask_user (which the agent
+loop answers with a person's answer: agents/runner.py)."""
 
 import ast
 import contextlib
@@ -310,3 +311,23 @@ def _decode(body, charset):
         return body.decode(charset or "utf-8", errors="replace")
     except LookupError:  # a charset Python does not know
         return body.decode("utf-8", errors="replace")
+
+
+# ask_user
+
+ASK_USER = "ask_user"
+
+
+@register(
+    ASK_USER,
+    "Ask the person you are working for a question, and wait for the answer: when you need"
+    " something only they know or must decide.",
+    {
+        "type": "object",
+        "properties": {"question": {"type": "string", "minLength": 1, "maxLength": 4000}},
+        "required": ["question"],
+        "additionalProperties": False,
+    },
+)
+def ask_user(question):
+    raise RuntimeError("ask_user is answered by a person, through the agent loop")
