@@ -55,5 +55,5 @@ def test_a_killed_workers_run_ends_within_30_s_at_the_default_settings(alice, ow
     finally:
         processes.stop_all()
     print(f"SIGKILL to the terminal event: {took:.1f} s (default settings)")
-    assert ended == {"run": str(run.pk), "status": "failed", "error": "worker lost"}
+    assert ended == {"run": str(run.pk), "status": "failed", "error": "worker lost", "attempt": 1}
     assert took <= RECOVERY_SECONDS, f"{took:.1f} s from SIGKILL to the run's end"

@@ -184,7 +184,12 @@ def test_it_fails_a_run_whose_worker_was_killed_and_ends_its_stream(live, live_a
         live.stop("beat")
     assert (run.status, run.error) == (Run.Status.FAILED, "worker lost")
     assert not listener.is_alive()
-    assert rest[-1].json == {"run": run_id, "status": "failed", "error": "worker lost"}
+    assert rest[-1].json == {
+        "run": run_id,
+        "status": "failed",
+        "error": "worker lost",
+        "attempt": 1,
+    }
     assert_consecutive(events + rest)
 
 

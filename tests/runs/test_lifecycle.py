@@ -132,7 +132,12 @@ def test_it_reaps_a_run_whose_lease_expired_once(alice):
     assert repair.runs_reap() == 0
     run.refresh_from_db()
     assert (run.status, run.error) == (Run.Status.FAILED, "worker lost")
-    assert logged(run)[-1][2] == {"run": str(run.pk), "status": "failed", "error": "worker lost"}
+    assert logged(run)[-1][2] == {
+        "run": str(run.pk),
+        "status": "failed",
+        "error": "worker lost",
+        "attempt": run.attempt,
+    }
     # the lost worker's late finish and a redelivered message change nothing
     assert not lifecycle.run_finish(run=run, status=Run.Status.COMPLETED)
     loop.execute(run.pk)
@@ -381,7 +386,12 @@ def test_a_worker_that_lost_its_lease_stops_the_run_and_writes_nothing_more(alic
         Run.objects.filter(pk=run.pk).update(lease_expires=timezone.now() - timedelta(seconds=1))
         assert repair.runs_reap() == 1
         reaped = logged(run)
-        assert reaped[-1][2] == {"run": str(run.pk), "status": "failed", "error": "worker lost"}
+        assert reaped[-1][2] == {
+            "run": str(run.pk),
+            "status": "failed",
+            "error": "worker lost",
+            "attempt": 1,
+        }
         loop.worker.renew(loop.worker.active())
         worker.join(1)
         assert not worker.is_alive(), "the run went on after its worker lost the lease"
