@@ -17,6 +17,12 @@ from . import llm, toolbox, tools
 from .models import agent_of
 from .tools.builtin import ASK_USER
 
+INTERRUPTED = tools.ToolResult(
+    None,
+    "this call was interrupted (its worker was lost) and was not made again: it may or may not"
+    " have taken effect",
+)
+
 
 class AgentLoop(RunLoop):
     """An agent run: the thread's conversation, answered by the run's agent. `converse()` is
@@ -47,7 +53,7 @@ class AgentLoop(RunLoop):
         box = toolbox.for_agent(agent, stop=self.stop)
         schemas = tools.schemas(box)
         if open_calls:
-            self._call_tools(open_calls, box, agent)
+            self._call_tools(open_calls, box, agent, resumed=True)
             with closing_connection():
                 history = history_messages(self.thread, agent)
         for _ in range(settings.RUN_MAX_TURNS):
@@ -75,11 +81,13 @@ class AgentLoop(RunLoop):
         )
         return [call for call in last.tool_calls if call["id"] not in answered]
 
-    def _call_tools(self, calls, box, agent):
+    def _call_tools(self, calls, box, agent, resumed=False):
         """The calls of one turn, at once (at most TOOLS_MAX_CALLS_PER_RUN together), each
         announced as it starts and ends; their results in the order the model asked. Calls
         beyond TOOLS_MAX_CALLS_PER_TURN are answered with an error and not run. When some wait
-        for a person, the others are made, then the run waits (Waiting)."""
+        for a person, the others are made, then the run waits (Waiting). `resumed`: the calls
+        a lost attempt left without results, which are made again only if their tool only
+        reads."""
         limit = settings.TOOLS_MAX_CALLS_PER_TURN
         refused = tools.ToolResult(None, f"too many tool calls in one turn (at most {limit})")
         with closing_connection():
@@ -89,6 +97,8 @@ class AgentLoop(RunLoop):
             job = (call, None, call["arguments"]) if i < limit else (call, refused, None)
             if i < limit and self._needs_person(call, box, agent):
                 job = self._as_decided(call, box, asked.get(call["id"]))
+            elif i < limit and resumed and not getattr(box.get(call["name"]), "repeatable", True):
+                job = (call, INTERRUPTED, None)
             if job is None:
                 waiting = True
             else:
@@ -237,6 +247,8 @@ class AgentLoop(RunLoop):
             stream.emit(self.run.pk, "tool.started", call=call["id"], name=call["name"],
                         arguments=call["arguments"], server=server)  # fmt: skip
         output, error = storable_text(result.output), storable_text(result.error)
+        if not self.lease.held():
+            raise Stopped  # the run is another attempt's now: its result is not ours to save
         with closing_connection():
             message = self.thread.append_message(
                 role=Message.Role.TOOL,
@@ -267,7 +279,8 @@ def tool_server(name, allowed):
 
 def history_messages(thread, agent):
     """The thread as chat messages for the model. Tool calls that never got an answer (their
-    run was stopped between the call and the result) are left out: providers refuse them."""
+    run was stopped between the call and the result) are left out: providers refuse them; so
+    are replies a lost worker left half written (kept, marked interrupted)."""
     messages = list(thread.messages.all())
     # each result answers the latest call with its id (the demo model's ids repeat)
     latest, answers = {}, collections.defaultdict(dict)
@@ -278,8 +291,8 @@ def history_messages(thread, agent):
             answers[latest[message.tool_call_id]][message.tool_call_id] = message
     chat = [{"role": "system", "content": agent.instructions}] if agent.instructions else []
     for message in messages:
-        if message.role == Message.Role.TOOL:
-            continue  # each goes after the call it answers, below
+        if message.role == Message.Role.TOOL or message.interrupted:
+            continue  # a result goes after the call it answers, below; a cut reply nowhere
         if message.role == Message.Role.ASSISTANT:
             results = answers[message.pk]
             message.tool_calls = [c for c in message.tool_calls if c["id"] in results]

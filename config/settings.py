@@ -185,6 +185,8 @@ REDIS_POOL_SIZE = env_int("REDIS_POOL_SIZE", 50)  # connections per process
 RUN_MAX_ACTIVE_PER_USER = env_int("RUN_MAX_ACTIVE_PER_USER", 10)
 RUN_MESSAGE_MAX_BYTES = env_int("RUN_MESSAGE_MAX_BYTES", 32 * 1024)  # and workflow renders
 RUN_MAX_TURNS = env_int("RUN_MAX_TURNS", 8)
+# attempts a run gets: one whose worker is lost is resumed by another until it has had them all
+RUN_MAX_ATTEMPTS = env_int("RUN_MAX_ATTEMPTS", 3)
 # seconds a run waits for a person's answer (an approval, a question) before it ends failed
 RUN_WAIT_TIMEOUT = env_int("RUN_WAIT_TIMEOUT", 24 * 3600)
 RUN_TIME_LIMIT = env_int("RUN_TIME_LIMIT", 15 * 60)  # seconds a run may take

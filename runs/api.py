@@ -36,7 +36,7 @@ class MessageSerializer(serializers.ModelSerializer):
         model = Message
         fields = [
             "id", "run", "role", "content", "tool_calls", "tool_call_id", "name", "is_error",
-            "position", "created",
+            "interrupted", "position", "created",
         ]  # fmt: skip
 
 

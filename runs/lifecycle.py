@@ -183,8 +183,9 @@ def run_wait(*, run, usage=None):
     changes = {"status": Run.Status.WAITING, "lease_owner": "", "lease_expires": None}
     changes.update(_usage(usage))
     waiting = Run.objects.filter(
-        pk=run.pk, status=Run.Status.RUNNING, attempt=run.attempt, stop_requested=None
-    ).update(**changes)
+        pk=run.pk, status=Run.Status.RUNNING, attempt=run.attempt, lease_owner=run.lease_owner,
+        stop_requested=None,
+    ).update(**changes)  # fmt: skip
     if waiting:
         run.status = Run.Status.WAITING
         stream.emit(run.pk, "run.status", status=run.status, error="", attempt=run.attempt)

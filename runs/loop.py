@@ -117,7 +117,8 @@ class RunLoop:
                 run=self.run,
                 status=status,
                 error=error,
-                where=Q(attempt=self.run.attempt),
+                # this attempt, while its worker holds it: not once the reaper took it back
+                where=Q(attempt=self.run.attempt, lease_owner=self.run.lease_owner),
                 usage=(self.input_tokens, self.output_tokens),
             )
 

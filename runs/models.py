@@ -61,6 +61,8 @@ class Message(models.Model):
     tool_call_id = models.CharField(max_length=100, blank=True)
     name = models.CharField(max_length=100, blank=True)
     is_error = models.BooleanField(default=False, help_text="a tool result that is an error")
+    # a reply cut short by a lost worker, kept as it was and left out of the model's history
+    interrupted = models.BooleanField(default=False)
     position = models.PositiveIntegerField()
     created = models.DateTimeField(auto_now_add=True)
 
@@ -83,6 +85,7 @@ class Message(models.Model):
             "tool_call_id": self.tool_call_id,
             "name": self.name,
             "is_error": self.is_error,
+            "interrupted": self.interrupted,
             "created": self.created.isoformat(),
         }
 
@@ -150,6 +153,8 @@ class Run(models.Model):
     stop_requested = models.DateTimeField(null=True, blank=True)
     # when the reaper last sent a queued run's task again, its message being maybe lost
     requeued = models.DateTimeField(null=True, blank=True)
+    # attempts whose worker was lost, each resumed by another (at most RUN_MAX_ATTEMPTS - 1)
+    resumes = models.PositiveIntegerField(default=0)
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
     created = models.DateTimeField(auto_now_add=True)

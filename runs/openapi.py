@@ -133,7 +133,8 @@ EVENTS = {
         _data(message=INTEGER, text=TEXT),
     ),
     "message.done": (
-        "A message, saved (`html`: an assistant's Markdown, rendered and sanitized).",
+        "A message, saved (`html`: an assistant's Markdown, rendered and sanitized;"
+        " `interrupted`: a reply a lost worker left half written, kept as it was).",
         _data(
             message=_object(
                 html=TEXT,
@@ -144,6 +145,7 @@ EVENTS = {
                 tool_call_id=TEXT,
                 name=TEXT,
                 is_error={"type": "boolean"},
+                interrupted={"type": "boolean"},
                 created={"type": "string", "format": "date-time"},
             )
         ),

@@ -1,6 +1,7 @@
 """What the reaper (a beat task every RUN_REAPER_SECONDS) sets right after a process died at a
-bad moment: a running run whose worker was lost (its partial reply salvaged from the event log),
-a queued run whose task message was lost, an end that was never announced."""
+bad moment: a running run whose worker was lost (its partial reply salvaged from the event log,
+the run resumed by another worker, up to RUN_MAX_ATTEMPTS), a queued run whose task message was
+lost, an end that was never announced, and a wait nobody answered."""
 
 import logging
 from datetime import timedelta
@@ -8,7 +9,7 @@ from datetime import timedelta
 import redis
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from . import stream
@@ -19,8 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def runs_reap():
-    """Fail the runs whose worker stopped renewing their lease, enqueue again the runs whose
-    task was lost, and announce the ends that went unannounced. Returns how many runs it failed."""
+    """Resume (or, past RUN_MAX_ATTEMPTS, fail) the runs whose worker stopped renewing their
+    lease, enqueue again the runs whose task was lost, announce the ends that went unannounced
+    and expire unanswered waits. Returns how many runs it failed."""
     now = timezone.now()
     _announce_ends(now)
     _requeue_unclaimed(now)
@@ -34,11 +36,40 @@ def runs_reap():
         if not stale.update(lease_owner="reaper", lease_expires=lease):
             continue
         _salvage_reply(run)
+        resumable = run.stop_requested is None and run.resumes + 1 < settings.RUN_MAX_ATTEMPTS
+        if resumable and _resume(run, now):
+            log.warning("run %s: its worker %s was lost; resumed", run.pk, run.lease_owner)
+            continue
         lost = Q(attempt=run.attempt)
-        if run_finish(run=run, status=Run.Status.FAILED, error="worker lost", where=lost):
+        status, error = Run.Status.FAILED, "worker lost"
+        if run.stop_requested is not None:
+            status, error = Run.Status.STOPPED, ""  # what was asked, whoever ends it
+        if run_finish(run=run, status=status, error=error, where=lost):
             log.warning("run %s: reaped, its worker %s was lost", run.pk, run.lease_owner)
-            reaped += 1
+            reaped += status == Run.Status.FAILED
     return reaped
+
+
+def _resume(run, now):
+    """Enqueue the lost attempt's run again (the reaper holds its lease): the next worker goes
+    on from what the database holds (agents.runner: the open turn's calls, results kept)."""
+    resumed = Run.objects.filter(
+        pk=run.pk, status=Run.Status.RUNNING, attempt=run.attempt, lease_owner="reaper",
+        stop_requested=None,
+    ).update(
+        status=Run.Status.QUEUED, lease_owner="", lease_expires=None, requeued=now,
+        resumes=F("resumes") + 1,
+    )  # fmt: skip
+    if not resumed:
+        return False
+    # `error` says why it is queued again; the claim's `running` carries the new attempt
+    stream.emit(run.pk, "run.status", status=Run.Status.QUEUED, error="worker lost",
+                attempt=run.attempt)  # fmt: skip
+    try:
+        transaction.on_commit(lambda: send_run_task(run.pk))
+    except Exception as exc:  # the broker is down: the unclaimed pass sends it later
+        log.warning("run %s: could not enqueue it again: %s", run.pk, exc)
+    return True
 
 
 WAITING = Q(status=Run.Status.WAITING)
@@ -108,8 +139,9 @@ def _salvage_reply(run):
     texts = stream.logged_texts(run.pk)
     for message in unfinished:
         if texts.get(message.pk):
-            message.content = texts[message.pk]
-            message.save(update_fields=["content"])
+            # kept as it was, and marked: the model's history leaves it out on resume
+            message.content, message.interrupted = texts[message.pk], True
+            message.save(update_fields=["content", "interrupted"])
             stream.emit(run.pk, "message.done", message=message.as_event())
         else:
             message.delete()

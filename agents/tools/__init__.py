@@ -28,6 +28,8 @@ class Tool:
     max_output: int = DEFAULT_MAX_OUTPUT
     server: str = ""  # the MCP server it comes from; "" for a built-in
     stoppable: bool = False  # func(arguments, stop): it ends its work when the run stops
+    # it only reads: a call a lost worker left without a result may be made again on resume
+    repeatable: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,15 +89,20 @@ def check_schema(parameters):
         raise SchemaError("the parameters must be an object")
 
 
-def register(name, description, parameters, *, timeout=10, max_output=DEFAULT_MAX_OUTPUT):
-    """Decorator: make the function callable by agents as the tool `name`."""
+def register(
+    name, description, parameters, *, timeout=10, max_output=DEFAULT_MAX_OUTPUT, repeatable=False
+):
+    """Decorator: make the function callable by agents as the tool `name`. `repeatable`: it
+    only reads, so it may be called again when a lost worker left a call without its result."""
     # A broken schema is a programming error: fail at import, not on the model's first call.
     check_schema(parameters)
 
     def decorator(func):
         if name in _registry:
             raise ValueError(f"a tool named {name!r} is already registered")
-        _registry[name] = Tool(name, description, parameters, func, timeout, max_output)
+        _registry[name] = Tool(
+            name, description, parameters, func, timeout, max_output, repeatable=repeatable
+        )
         return func
 
     return decorator

@@ -47,6 +47,7 @@ _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
         "required": ["expression"],
         "additionalProperties": False,
     },
+    repeatable=True,
 )
 def calculator(expression):
     # Python's rules throughout: / always gives a float, the other operators keep ints as ints.
@@ -131,6 +132,7 @@ def _refusal(reason, node):
         },
         "additionalProperties": False,
     },
+    repeatable=True,
 )
 def current_time(timezone="UTC"):
     try:
@@ -165,6 +167,7 @@ _URL_SAFE = "/?:@!$&'()*+,;=~%"  # left as written when quoting a path or query
     },
     timeout=HTTP_TIMEOUT,
     max_output=HTTP_MAX_OUTPUT,
+    repeatable=True,  # a GET
 )
 def http_get(url):
     allowed_hosts = getattr(settings, "TOOLS_HTTP_ALLOWED_HOSTS", [])

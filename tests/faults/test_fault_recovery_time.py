@@ -1,6 +1,7 @@
 """Fault: a worker is killed (SIGKILL) in the middle of a run, at the default lease, heartbeat
-and reaper settings (not the short ones of conftest's start_live): the run must end, its terminal
-event on its stream, within 30 s of the kill."""
+and reaper settings (not the short ones of conftest's start_live): the run must go on on the
+other worker (its next attempt's `running` on its stream) within 30 s of the kill, and
+complete."""
 
 import random
 import signal
@@ -15,18 +16,21 @@ from live import Live
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-RECOVERY_SECONDS = 30  # the promise: a killed worker's run ends within this long
+RECOVERY_SECONDS = 30  # the promise: a killed worker's run goes on within this long
 DEFAULTS_OF = ("RUN_LEASE_SECONDS", "RUN_HEARTBEAT_SECONDS", "RUN_REAPER_SECONDS")
 
 
-def terminal_event(run):
-    events = logged(run)
-    if events and events[-1][1] == "run.status" and events[-1][2]["status"] in Run.TERMINAL:
-        return events[-1][2]
+def resumed(run):
+    """The `running` status of the run's second attempt, once it is in the run's log."""
+    for _, kind, data in logged(run):
+        if kind == "run.status" and data["status"] == "running" and data["attempt"] == 2:
+            return data
     return None
 
 
-def test_a_killed_workers_run_ends_within_30_s_at_the_default_settings(alice, own_redis, tmp_path):
+def test_a_killed_workers_run_goes_on_within_30_s_at_the_default_settings(
+    alice, own_redis, tmp_path
+):
     # a Redis of their own: the session's `live` worker must not take the run
     processes = Live(tmp_path, REDIS_URL=own_redis.url)
     for name in DEFAULTS_OF:  # whatever this shell says, the processes get the code's defaults
@@ -37,7 +41,7 @@ def test_a_killed_workers_run_ends_within_30_s_at_the_default_settings(alice, ow
         processes.start_worker("worker-b")
         processes.start_beat()
         processes.start_web()
-        thread = new_thread(alice, words=2000, delay_ms=50)
+        thread = new_thread(alice, words=300, delay_ms=50)  # 15 s a reply
         run = Run.objects.get(pk=start(processes, bearer(alice), thread, "Go on"))
         running = wait_for_status(run.pk, Run.Status.RUNNING, timeout=60)
         wait_for(lambda: len(logged(run)) > 5, message="the run's reply to be streaming")
@@ -47,13 +51,14 @@ def test_a_killed_workers_run_ends_within_30_s_at_the_default_settings(alice, ow
         [victim] = [name for name, p in processes.processes.items() if p.pid == pid]
         killed = time.monotonic()
         processes.stop(victim, signal.SIGKILL)
-        ended = wait_for(
-            lambda: terminal_event(run), timeout=RECOVERY_SECONDS + 30, interval=0.1,
-            message="the killed worker's run to end",
+        wait_for(
+            lambda: resumed(run), timeout=RECOVERY_SECONDS + 30, interval=0.05,
+            message="the killed worker's run to go on",
         )  # fmt: skip
         took = time.monotonic() - killed
+        ended = wait_for_status(run.pk, Run.TERMINAL, timeout=60)
     finally:
         processes.stop_all()
-    print(f"SIGKILL to the terminal event: {took:.1f} s (default settings)")
-    assert ended == {"run": str(run.pk), "status": "failed", "error": "worker lost", "attempt": 1}
-    assert took <= RECOVERY_SECONDS, f"{took:.1f} s from SIGKILL to the run's end"
+    print(f"SIGKILL to the run going on on the other worker: {took:.1f} s (default settings)")
+    assert (ended.status, ended.resumes) == (Run.Status.COMPLETED, 1)
+    assert took <= RECOVERY_SECONDS, f"{took:.1f} s from SIGKILL to the run going on"

@@ -123,7 +123,8 @@ def test_it_stops_a_running_run_and_keeps_the_partial_reply(alice):
     assert [e[1] for e in events][-1] == "run.status"
 
 
-def test_it_reaps_a_run_whose_lease_expired_once(alice):
+def test_it_fails_a_run_whose_lease_expired_once_it_has_had_all_its_attempts(alice, settings):
+    settings.RUN_MAX_ATTEMPTS = 1
     thread = new_thread(alice)
     run = services.agent_start(user=alice, thread=thread, message="Hello")
     assert lifecycle.run_claim(run_id=run.pk, worker="gone:1")
@@ -373,6 +374,7 @@ def test_a_stop_before_the_time_limit_still_ends_the_run_stopped(alice, settings
 
 def test_a_worker_that_lost_its_lease_stops_the_run_and_writes_nothing_more(alice, settings):
     settings.RUN_HEARTBEAT_SECONDS = 3600  # the test renews, below
+    settings.RUN_MAX_ATTEMPTS = 1  # the reaper ends it: no other attempt writes either
     with fakellm.FakeLLM() as fake:
         settings.LLM_BASE_URL = fake.base_url
         # the second piece waits in the delta window, unsent, when the model goes quiet
@@ -403,6 +405,7 @@ def test_a_worker_that_lost_its_lease_stops_the_run_and_writes_nothing_more(alic
 
 def test_a_worker_frozen_past_its_lease_writes_nothing_before_it_asks(alice, settings):
     settings.RUN_HEARTBEAT_SECONDS = 3600  # no renewal comes from the heartbeat
+    settings.RUN_MAX_ATTEMPTS = 1
     with fakellm.FakeLLM() as fake:
         settings.LLM_BASE_URL = fake.base_url
         fake.script([fakellm.text(f"word{i} ") for i in range(20)], delay=0.2)
