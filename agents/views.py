@@ -14,7 +14,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from runs.errors import ServiceError, ThreadBusy
-from runs.models import Message, Run
+from runs.models import InputRequest, Message, Run
 from runs.parsers import object_id
 
 from . import toolbox, tools
@@ -59,11 +59,16 @@ def chat_detail(request, pk):
     thread = get_object_or_404(threads, pk=pk)
     runs = chat_runs(thread)
     active = next((run for run in runs if run.is_active), None)
-    return render(
-        request,
-        "chats/detail.html",
-        {"thread": thread, "agent": agent_of(thread), "runs": runs, "active": active},
-    )
+    context = {
+        "thread": thread,
+        "agent": agent_of(thread),
+        "runs": runs,
+        "active": active,
+        # for the request cards the script adds: a live request names the tool alone
+        "tool_servers": tool_server_map(request.user),
+        "blank_requests": [{"kind": kind} for kind in InputRequest.Kind.values],
+    }
+    return render(request, "chats/detail.html", context)
 
 
 @login_required
@@ -110,8 +115,9 @@ def is_local_path(url):
 
 def chat_runs(thread):
     """The thread's runs in order, each with `items`: its messages as the page shows them, an
-    assistant message carrying `calls` (each tool call with its result message)."""
-    runs = list(thread.runs.order_by("created"))
+    assistant message carrying `calls` (each tool call with its result message and the
+    person's `request` about it, if it needed one: pending, its card; else what became of it)."""
+    runs = list(thread.runs.order_by("created").prefetch_related("requests"))
     by_id = {run.pk: run for run in runs}
     for run in runs:
         run.items = []
@@ -127,12 +133,30 @@ def chat_runs(thread):
         if message.run_id in by_id:
             by_id[message.run_id].items.append(message)
     for run in runs:
+        asked = {request.call: request for request in run.requests.all()}
         for message in run.items:
             message.calls = [
-                {**call, **server_of(call["name"]), "result": results.get(call["id"])}
+                {
+                    **call,
+                    **server_of(call["name"]),
+                    "result": results.get(call["id"]),
+                    "request": asked.get(call["id"]),
+                }
                 for call in message.tool_calls
             ]
     return runs
+
+
+def tool_server_map(owner):
+    """{"tools": {model's name: {"server", "tool"}}, "servers": [names]}: what tool_servers
+    knows, for the page's script to map a tool's name back to its server as it does."""
+    servers = list(owner.mcp_servers.all())
+    listed = {
+        entry["name"]: {"server": server.name, "tool": entry["tool"]}
+        for server in servers
+        for entry in server.tools
+    }
+    return {"tools": listed, "servers": [server.name for server in servers]}
 
 
 def tool_servers(owner):
@@ -140,13 +164,8 @@ def tool_servers(owner):
     `owner`'s MCP servers has it, else {}. A saved call keeps the name alone; the servers'
     cached lists map it back, and a name they no longer list still shows its server if it
     reads `<server>__<tool>`."""
-    servers = list(owner.mcp_servers.all())
-    listed = {
-        entry["name"]: {"server": server.name, "tool": entry["tool"]}
-        for server in servers
-        for entry in server.tools
-    }
-    names = {server.name for server in servers}
+    known = tool_server_map(owner)
+    listed, names = known["tools"], set(known["servers"])
 
     def lookup(name):
         if name in listed:

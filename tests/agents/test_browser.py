@@ -464,3 +464,36 @@ def test_the_api_docs_page_renders_every_endpoint_from_this_server_alone(page, l
     page.screenshot(path=ARTIFACTS / "api-docs.png")
     elsewhere = [url for url in requested if not url.startswith(live.base_url)]
     assert elsewhere == [], "the docs page asked another origin"
+
+
+CALC = '/tool calculator {"expression": "6*7"}'
+
+
+def asks_first(user, tools=("calculator",), approve=("calculator",)):
+    """The user's agent with `tools`, a person approving each call of those in `approve`."""
+    pace(user, words=5, tools=list(tools), approve_tools=list(approve))
+
+
+def test_it_asks_to_approve_a_tool_call_and_goes_on_once_approved(page, alice):
+    asks_first(alice)
+    thread = open_chat(page, alice)
+    send(page, CALC)
+    card = page.locator(".request.approval")
+    expect(card.locator(".tool-name")).to_have_text("calculator")
+    expect(card.locator("textarea[name=arguments]")).to_have_value('{"expression": "6*7"}')
+    expect(status(page)).to_have_text("waiting")
+    expect(page.locator("details.tool .tool-state")).to_have_text("waiting")
+    expect(page.locator("#composer textarea")).to_be_disabled()  # the run is active
+    expect(page.locator("#stop")).to_be_visible()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "chat-approval.png", full_page=True)
+    card.get_by_role("button", name="Approve").click()
+    expect(card.locator('[data-role="record"]')).to_have_text("approved")
+    tool = page.locator("details.tool")
+    expect(tool.locator(".tool-state")).to_have_text("done")
+    expect(tool.locator(".tool-output")).to_have_text("42")
+    expect(streaming(page)).to_have_text("The answer is 42.")
+    expect(status(page)).to_have_text("completed")
+    expect(page.locator("#composer textarea")).to_be_enabled()
+    request = Run.objects.get(thread=thread).requests.get()
+    assert (request.status, request.approved_arguments) == ("approved", "")
