@@ -497,3 +497,83 @@ def test_it_asks_to_approve_a_tool_call_and_goes_on_once_approved(page, alice):
     expect(page.locator("#composer textarea")).to_be_enabled()
     request = Run.objects.get(thread=thread).requests.get()
     assert (request.status, request.approved_arguments) == ("approved", "")
+
+
+def test_it_runs_the_call_with_the_arguments_as_the_person_edited_them(page, alice):
+    asks_first(alice)
+    thread = open_chat(page, alice)
+    send(page, CALC)
+    card = page.locator(".request.approval")
+    arguments = card.locator("textarea[name=arguments]")
+    arguments.fill("6*8")  # not JSON: the card says why, and nothing is decided
+    card.get_by_role("button", name="Approve").click()
+    expect(card.locator(".request-error")).to_contain_text("The arguments must be a JSON object")
+    page.errors[:] = [e for e in page.errors if "400" not in e]  # the browser logs the 400
+    arguments.fill('{"expression": "6*8"}')
+    card.get_by_role("button", name="Approve").click()
+    expect(card.locator('[data-role="record"]')).to_have_text("approved with edited arguments")
+    expect(page.locator("details.tool .tool-output")).to_have_text("48")
+    expect(page.locator("details.tool .tool-arguments")).to_have_text('{"expression": "6*8"}')
+    expect(streaming(page)).to_have_text("The answer is 48.")
+    expect(status(page)).to_have_text("completed")
+    request = Run.objects.get(thread=thread).requests.get()
+    assert request.approved_arguments == '{"expression": "6*8"}'
+
+
+def test_a_denied_call_tells_the_model_why(page, alice):
+    asks_first(alice)
+    open_chat(page, alice)
+    send(page, CALC)
+    card = page.locator(".request.approval")
+    card.locator("input[name=reason]").fill("not today")
+    card.get_by_role("button", name="Deny").click()
+    expect(card.locator('[data-role="record"]')).to_have_text("denied: not today")
+    expect(page.locator("details.tool .tool-state")).to_have_text("error")
+    expect(streaming(page)).to_contain_text("the person denied this call: not today")
+    expect(status(page)).to_have_text("completed")
+
+
+def test_it_asks_the_person_a_question_and_goes_on_with_the_answer(page, alice):
+    asks_first(alice, tools=["ask_user"], approve=[])
+    open_chat(page, alice)
+    send(page, '/tool ask_user {"question": "Which city?"}')
+    expect(page.locator(".request.question .request-question")).to_have_text("Which city?")
+    expect(status(page)).to_have_text("waiting")
+    page.reload()  # the card the server renders answers as well
+    card = page.locator(".request.question")
+    expect(card.locator(".request-question")).to_have_text("Which city?")
+    expect(status(page)).to_have_text("waiting")
+    card.locator("textarea[name=answer]").fill("Oslo")
+    card.locator("textarea[name=answer]").press("Enter")
+    expect(card.locator('[data-role="record"]')).to_have_text("answered: Oslo")
+    expect(streaming(page)).to_have_text("The ask_user tool answered: Oslo")
+    expect(status(page)).to_have_text("completed")
+    expect(page.locator("#composer textarea")).to_be_enabled()
+
+
+def test_a_second_tab_sees_the_request_and_its_answer_live(page, alice):
+    asks_first(alice)
+    thread = open_chat(page, alice)
+    other = page.context.new_page()
+    other.goto(f"/chats/{thread.pk}/")
+    send(page, CALC)
+    for tab in (page, other):
+        expect(tab.locator(".request.approval .tool-name")).to_have_text("calculator")
+        expect(status(tab)).to_have_text("waiting")
+    other.locator(".request.approval").get_by_role("button", name="Approve").click()
+    for tab in (page, other):
+        expect(tab.locator('.request [data-role="record"]')).to_have_text("approved")
+        expect(tab.locator(".request form")).to_have_count(0)
+        expect(streaming(tab)).to_have_text("The answer is 42.")
+        expect(status(tab)).to_have_text("completed")
+
+
+def test_a_stop_cancels_what_the_run_asks(page, alice):
+    asks_first(alice)
+    thread = open_chat(page, alice)
+    send(page, CALC)
+    expect(status(page)).to_have_text("waiting")
+    page.click("#stop")
+    expect(status(page)).to_have_text("stopped")
+    expect(page.locator('.request [data-role="record"]')).to_have_text("cancelled")
+    assert Run.objects.get(thread=thread).requests.get().status == "cancelled"
