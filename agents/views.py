@@ -27,6 +27,7 @@ from .connections import (
     parse_headers,
 )
 from .models import Provider, agent_of, create_thread
+from .tools.builtin import ASK_USER
 
 CHATS_PER_PAGE = 50
 
@@ -228,6 +229,7 @@ def agent_form(agent):
         "max_tokens": "" if agent.max_tokens is None else str(agent.max_tokens),
         "tools": list(agent.tools),
         "mcp_servers": [str(pk) for pk in agent.mcp_servers.values_list("pk", flat=True)],
+        "approve_tools": list(agent.approve_tools),
     }
 
 
@@ -236,6 +238,7 @@ def posted_agent(post):
     form["instructions"] = post.get("instructions", "")
     form["tools"] = post.getlist("tools")
     form["mcp_servers"] = post.getlist("mcp_servers")
+    form["approve_tools"] = post.getlist("approve_tools")
     return form
 
 
@@ -247,21 +250,50 @@ def agent_data(form):
     return {**form, **empty_is_null}
 
 
+EVERY_TOOL = "*"
+
+
+def approvable_tools(builtin, servers, chosen):
+    """The choices of the form's `approve_tools`, each {"value", "label", "server"}: every tool,
+    the built-in tools but ask_user (it always asks), each server's tools by the model's name
+    for them, and any chosen name none of these is (a tool its server no longer lists), so that
+    saving the form keeps it."""
+    choices = [{"value": EVERY_TOOL, "label": "every tool", "server": ""}]
+    choices += [
+        {"value": tool.name, "label": tool.name, "server": ""}
+        for tool in builtin
+        if tool.name != ASK_USER
+    ]
+    choices += [
+        {"value": entry["name"], "label": entry["tool"], "server": server.name}
+        for server in servers
+        for entry in server.tools
+    ]
+    offered = {choice["value"] for choice in choices}
+    choices += [
+        {"value": name, "label": name, "server": ""} for name in chosen if name not in offered
+    ]
+    return choices
+
+
 def agent_page(request, template, *, form, errors=None, agent=None, status=200):
     user = request.user
+    builtin = [tools.get(name) for name in tools.names()]
+    servers = list(user.mcp_servers.all())
     context = {
         "agent": agent,
         "form": form,
         "errors": errors or {},
         "providers": user.providers.all(),
-        "servers": user.mcp_servers.all(),
-        "builtin_tools": [tools.get(name) for name in tools.names()],
+        "servers": servers,
+        "builtin_tools": builtin,
+        "approvable": approvable_tools(builtin, servers, form["approve_tools"]),
         "agents": user.agents.select_related("provider").prefetch_related("mcp_servers"),
     }
     return render(request, template, context, status=status)
 
 
-NEW_AGENT = {"provider": "", "model": "demo", "tools": [], "mcp_servers": []}
+NEW_AGENT = {"provider": "", "model": "demo", "tools": [], "mcp_servers": [], "approve_tools": []}
 
 
 @login_required

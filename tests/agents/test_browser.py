@@ -237,11 +237,13 @@ def test_the_agent_form_shows_the_providers_default_model(page, alice):
         "placeholder", "llama3 (the provider's default)"
     )
     form.locator("input[name=tools][value=calculator]").check()
+    form.locator("input[name=approve_tools][value=calculator]").check()
     form.get_by_role("button", name="Create agent").click()
     expect(page.locator(".notice")).to_contain_text("Created the agent “Helper”.")
     expect(page.locator(".agents li", has_text="Helper")).to_contain_text("llama3 · Local")
     agent = alice.agents.get(name="Helper")
     assert (agent.provider, agent.model, agent.tools) == (provider, "", ["calculator"])
+    assert agent.approve_tools == ["calculator"]
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "agents.png", full_page=True)
     page.click("text=Providers and MCP servers")
