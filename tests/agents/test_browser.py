@@ -579,3 +579,26 @@ def test_a_stop_cancels_what_the_run_asks(page, alice):
     expect(status(page)).to_have_text("stopped")
     expect(page.locator('.request [data-role="record"]')).to_have_text("cancelled")
     assert Run.objects.get(thread=thread).requests.get().status == "cancelled"
+
+
+def test_an_mcp_tools_approval_card_shows_its_server_live_and_after_a_reload(page, alice):
+    # listed a moment ago, so the worker does not list its tools again; it is never called
+    server = McpServer.objects.create(
+        owner=alice, name="weather", url="http://127.0.0.1:9/mcp", tools_refreshed=timezone.now(),
+        tools=[{"name": "weather__forecast", "tool": "forecast", "description": "The weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}],
+    )  # fmt: skip
+    asks_first(alice, tools=[], approve=["weather__forecast"])
+    alice.agents.get().mcp_servers.add(server)
+    open_chat(page, alice)
+    send(page, '/tool weather__forecast {"city": "Oslo"}')
+    for _ in range(2):  # live, then as the server renders it
+        card = page.locator(".request.approval")
+        expect(card.locator(".tool-server")).to_have_text("weather")
+        expect(card.locator(".tool-name")).to_have_text("forecast")
+        expect(card.locator("textarea[name=arguments]")).to_have_value('{"city": "Oslo"}')
+        expect(status(page)).to_have_text("waiting")
+        page.reload()
+    card.get_by_role("button", name="Deny").click()
+    expect(card.locator('[data-role="record"]')).to_have_text("denied")
+    expect(streaming(page)).to_contain_text("the person denied this call")
