@@ -178,7 +178,8 @@
     const runId = node.closest("section.run").dataset.run;
     const body = { request: Number(node.dataset.request) };
     if (node.dataset.kind === "approval") {
-      body.approve = submitter ? submitter.value === "true" : true;
+      if (!submitter) return; // only a button decides (Enter in the reason denies: below)
+      body.approve = submitter.value === "true";
       const args = form.elements.arguments;
       if (body.approve && args.value !== args.defaultValue) body.arguments = args.value;
       const reason = form.elements.reason.value.trim();
@@ -368,12 +369,15 @@
     event.preventDefault();
     respond(form, event.submitter);
   });
+  // Enter sends an answer, as in the composer; in a denial's reason it denies (the form's
+  // implicit submission would press its first button: Approve)
   runsBox.addEventListener("keydown", (event) => {
-    const answer = event.target.closest(".request-form textarea[name=answer]");
-    if (answer && event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-      event.preventDefault();
-      answer.form.requestSubmit();
-    }
+    if (event.key !== "Enter" || event.shiftKey || event.isComposing) return;
+    const field = event.target.closest(".request-form [name=answer], .request-form [name=reason]");
+    if (!field) return;
+    event.preventDefault();
+    const deny = field.form.querySelector('button[name=approve][value="false"]');
+    field.form.requestSubmit(field.name === "reason" ? deny : undefined);
   });
   stopButton.addEventListener("click", async () => {
     if (!current) return;

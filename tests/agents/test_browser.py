@@ -528,7 +528,7 @@ def test_a_denied_call_tells_the_model_why(page, alice):
     send(page, CALC)
     card = page.locator(".request.approval")
     card.locator("input[name=reason]").fill("not today")
-    card.get_by_role("button", name="Deny").click()
+    card.locator("input[name=reason]").press("Enter")  # denies, as the Deny button does
     expect(card.locator('[data-role="record"]')).to_have_text("denied: not today")
     expect(page.locator("details.tool .tool-state")).to_have_text("error")
     expect(streaming(page)).to_contain_text("the person denied this call: not today")
@@ -602,3 +602,24 @@ def test_an_mcp_tools_approval_card_shows_its_server_live_and_after_a_reload(pag
     card.get_by_role("button", name="Deny").click()
     expect(card.locator('[data-role="record"]')).to_have_text("denied")
     expect(streaming(page)).to_contain_text("the person denied this call")
+
+
+def test_an_answer_that_came_first_elsewhere_is_a_409_in_the_card(page, alice):
+    asks_first(alice)
+    thread = open_chat(page, alice)
+    send(page, CALC)
+    expect(status(page)).to_have_text("waiting")
+    run = thread.runs.get()
+    # this page hears nothing more of the run (as if offline) and shows the card it was served
+    page.route(f"**/api/runs/{run.pk}/events/**", lambda route: None)
+    page.reload()
+    card = page.locator(".request.approval")
+    expect(card.locator("textarea[name=arguments]")).to_have_value('{"expression": "6*7"}')
+    lifecycle.run_respond(run=run, request=run.requests.get().pk, approve=False)  # elsewhere
+    card.get_by_role("button", name="Approve").click()
+    expect(card.locator(".request-error")).to_contain_text(
+        "This request is not pending (it is denied"
+    )
+    expect(card.get_by_role("button", name="Approve")).to_be_enabled()  # nothing was decided
+    page.errors[:] = [e for e in page.errors if "409" not in e]  # the browser logs the 409
+    wait_for_status(run.pk, Run.Status.COMPLETED)
