@@ -149,6 +149,12 @@ def test_the_page_scripts_get_the_statuses_and_markup_from_the_server(alice_web,
     assert 'class="tool-state">running…</span>' in tool.group(1)
     footer = re.search(r'<template id="footer-template">(.*?)</template>', page, re.S).group(1)
     assert 'data-format="{in} in · {out} out tokens"' in footer
+    # and the request cards, one of each kind, and the tools' servers to name in them
+    for kind in ("approval", "question"):
+        card = re.search(rf'<template id="request-{kind}-template">(.*?)</template>', page, re.S)
+        assert f'<div class="request {kind}" data-request=""' in card.group(1)
+    servers = re.search(r'id="relay-tool-servers"[^>]*>(.*?)</script>', page).group(1)
+    assert json.loads(servers) == {"tools": {}, "servers": []}
 
 
 @pytest.mark.django_db(transaction=True)
