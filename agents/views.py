@@ -14,7 +14,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from runs.errors import ServiceError, ThreadBusy
-from runs.models import Message, Run
+from runs.models import InputRequest, Message, Run
 from runs.parsers import object_id
 
 from . import toolbox, tools
@@ -27,6 +27,7 @@ from .connections import (
     parse_headers,
 )
 from .models import Provider, agent_of, create_thread
+from .tools.builtin import ASK_USER
 
 CHATS_PER_PAGE = 50
 
@@ -59,11 +60,16 @@ def chat_detail(request, pk):
     thread = get_object_or_404(threads, pk=pk)
     runs = chat_runs(thread)
     active = next((run for run in runs if run.is_active), None)
-    return render(
-        request,
-        "chats/detail.html",
-        {"thread": thread, "agent": agent_of(thread), "runs": runs, "active": active},
-    )
+    context = {
+        "thread": thread,
+        "agent": agent_of(thread),
+        "runs": runs,
+        "active": active,
+        # for the request cards the script adds: a live request names the tool alone
+        "tool_servers": tool_server_map(request.user),
+        "blank_requests": [{"kind": kind} for kind in InputRequest.Kind.values],
+    }
+    return render(request, "chats/detail.html", context)
 
 
 @login_required
@@ -110,8 +116,9 @@ def is_local_path(url):
 
 def chat_runs(thread):
     """The thread's runs in order, each with `items`: its messages as the page shows them, an
-    assistant message carrying `calls` (each tool call with its result message)."""
-    runs = list(thread.runs.order_by("created"))
+    assistant message carrying `calls` (each tool call with its result message and the
+    person's `request` about it, if it needed one: pending, its card; else what became of it)."""
+    runs = list(thread.runs.order_by("created").prefetch_related("requests"))
     by_id = {run.pk: run for run in runs}
     for run in runs:
         run.items = []
@@ -127,12 +134,30 @@ def chat_runs(thread):
         if message.run_id in by_id:
             by_id[message.run_id].items.append(message)
     for run in runs:
+        asked = {request.call: request for request in run.requests.all()}
         for message in run.items:
             message.calls = [
-                {**call, **server_of(call["name"]), "result": results.get(call["id"])}
+                {
+                    **call,
+                    **server_of(call["name"]),
+                    "result": results.get(call["id"]),
+                    "request": asked.get(call["id"]),
+                }
                 for call in message.tool_calls
             ]
     return runs
+
+
+def tool_server_map(owner):
+    """{"tools": {model's name: {"server", "tool"}}, "servers": [names]}: what tool_servers
+    knows, for the page's script to map a tool's name back to its server as it does."""
+    servers = list(owner.mcp_servers.all())
+    listed = {
+        entry["name"]: {"server": server.name, "tool": entry["tool"]}
+        for server in servers
+        for entry in server.tools
+    }
+    return {"tools": listed, "servers": [server.name for server in servers]}
 
 
 def tool_servers(owner):
@@ -140,13 +165,8 @@ def tool_servers(owner):
     `owner`'s MCP servers has it, else {}. A saved call keeps the name alone; the servers'
     cached lists map it back, and a name they no longer list still shows its server if it
     reads `<server>__<tool>`."""
-    servers = list(owner.mcp_servers.all())
-    listed = {
-        entry["name"]: {"server": server.name, "tool": entry["tool"]}
-        for server in servers
-        for entry in server.tools
-    }
-    names = {server.name for server in servers}
+    known = tool_server_map(owner)
+    listed, names = known["tools"], set(known["servers"])
 
     def lookup(name):
         if name in listed:
@@ -209,6 +229,7 @@ def agent_form(agent):
         "max_tokens": "" if agent.max_tokens is None else str(agent.max_tokens),
         "tools": list(agent.tools),
         "mcp_servers": [str(pk) for pk in agent.mcp_servers.values_list("pk", flat=True)],
+        "approve_tools": list(agent.approve_tools),
     }
 
 
@@ -217,6 +238,7 @@ def posted_agent(post):
     form["instructions"] = post.get("instructions", "")
     form["tools"] = post.getlist("tools")
     form["mcp_servers"] = post.getlist("mcp_servers")
+    form["approve_tools"] = post.getlist("approve_tools")
     return form
 
 
@@ -228,21 +250,50 @@ def agent_data(form):
     return {**form, **empty_is_null}
 
 
+EVERY_TOOL = "*"
+
+
+def approvable_tools(builtin, servers, chosen):
+    """The choices of the form's `approve_tools`, each {"value", "label", "server"}: every tool,
+    the built-in tools but ask_user (it always asks), each server's tools by the model's name
+    for them, and any chosen name none of these is (a tool its server no longer lists), so that
+    saving the form keeps it."""
+    choices = [{"value": EVERY_TOOL, "label": "every tool", "server": ""}]
+    choices += [
+        {"value": tool.name, "label": tool.name, "server": ""}
+        for tool in builtin
+        if tool.name != ASK_USER
+    ]
+    choices += [
+        {"value": entry["name"], "label": entry["tool"], "server": server.name}
+        for server in servers
+        for entry in server.tools
+    ]
+    offered = {choice["value"] for choice in choices}
+    choices += [
+        {"value": name, "label": name, "server": ""} for name in chosen if name not in offered
+    ]
+    return choices
+
+
 def agent_page(request, template, *, form, errors=None, agent=None, status=200):
     user = request.user
+    builtin = [tools.get(name) for name in tools.names()]
+    servers = list(user.mcp_servers.all())
     context = {
         "agent": agent,
         "form": form,
         "errors": errors or {},
         "providers": user.providers.all(),
-        "servers": user.mcp_servers.all(),
-        "builtin_tools": [tools.get(name) for name in tools.names()],
+        "servers": servers,
+        "builtin_tools": builtin,
+        "approvable": approvable_tools(builtin, servers, form["approve_tools"]),
         "agents": user.agents.select_related("provider").prefetch_related("mcp_servers"),
     }
     return render(request, template, context, status=status)
 
 
-NEW_AGENT = {"provider": "", "model": "demo", "tools": [], "mcp_servers": []}
+NEW_AGENT = {"provider": "", "model": "demo", "tools": [], "mcp_servers": [], "approve_tools": []}
 
 
 @login_required

@@ -32,6 +32,7 @@ settings.LLM_MAX_RETRIES = 0
 
 from django_celery_beat.models import PeriodicTask  # noqa: E402
 
+from agents import services  # noqa: E402
 from agents.models import Agent, ApiKey, McpServer, Provider, create_thread  # noqa: E402
 from runs import stream  # noqa: E402  (after the settings above)
 from runs.models import Message, Run, Thread  # noqa: E402
@@ -200,6 +201,18 @@ def pace(user, words=40, delay_ms=0, **agent_fields):
 def new_thread(user, words=40, delay_ms=0, **agent_fields):
     """A thread on the user's agent, paced as `pace` does."""
     return create_thread(owner=user, agent=pace(user, words, delay_ms, **agent_fields))
+
+
+def waiting_run(user, no_queue, message='/tool calculator {"expression": "6*7"}', **agent_fields):
+    """A run of the user's that waits for a person: by default its calculator call for
+    approval. The test is the worker (`no_queue`), up to the wait."""
+    agent_fields.setdefault("tools", ["calculator", "ask_user"])
+    agent_fields.setdefault("approve_tools", ["calculator"])
+    thread = new_thread(user, **agent_fields)
+    run = services.agent_start(user=user, thread=thread, message=message)
+    no_queue.run()
+    run.refresh_from_db()
+    return run
 
 
 @pytest.fixture

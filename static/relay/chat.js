@@ -1,7 +1,9 @@
 // The chat page: sends messages through the JSON API and follows runs on their SSE stream
 // (runs.js); the thread's own stream tells it of the runs started elsewhere. A page loaded
 // mid-run rebuilds the reply being written from its deltas; messages the server already
-// rendered (data-message) ignore theirs.
+// rendered (data-message) ignore theirs. A run that waits for a person shows what it asks as a
+// card by the tool call (chats/_request.html), answered through the API; its record replaces
+// the card when the answer is on the stream, from this tab or any other.
 (function () {
   "use strict";
 
@@ -19,6 +21,14 @@
   const { followRun, post, errorText, TERMINAL } = window.Relay;
 
   let current = null; // {id, stream}
+
+  // the user's MCP tools by the model's name for them (agents.views.tool_server_map)
+  const known = JSON.parse(document.getElementById("relay-tool-servers").textContent);
+  function serverOf(name) {
+    if (known.tools[name]) return known.tools[name].server;
+    const [server, ...rest] = name.split("__");
+    return rest.length && known.servers.includes(server) ? server : null;
+  }
 
   function showNotice(text) {
     notice.textContent = text;
@@ -118,6 +128,84 @@
     if (note) note.remove();
   }
 
+  function requestNode(section, id) {
+    return section.querySelector(`.request[data-request="${id}"]`);
+  }
+
+  // the card of a request, after its call's tool card; the server's, if it rendered it already
+  function requestCard(section, request) {
+    const found = requestNode(section, request.id);
+    if (found) return found;
+    const card = toolCard(section, request.call, request.name, request.arguments);
+    const node = fromTemplate(`request-${request.kind}-template`);
+    node.dataset.request = request.id;
+    if (request.kind === "approval") {
+      const server = serverOf(request.name);
+      showServer(node, request.name, server);
+      if (!server) node.querySelector(".tool-name").textContent = request.name;
+      const args = node.querySelector("textarea[name=arguments]");
+      args.defaultValue = request.arguments; // what "changed" is measured against
+      args.value = request.arguments;
+    } else {
+      node.querySelector(".request-question").textContent = request.question;
+    }
+    card.after(node);
+    node.scrollIntoView({ block: "end" });
+    return node;
+  }
+
+  function recordText(request) {
+    if (request.status === "denied" && request.reason) return `denied: ${request.reason}`;
+    if (request.status === "answered") return `answered: ${request.answer}`;
+    if (request.status === "approved" && request.approved_arguments) return "approved with edited arguments";
+    return request.status;
+  }
+
+  function showDecision(section, request) {
+    const node = requestCard(section, request);
+    const record = element("p", "request-record");
+    record.append(
+      element("span", "request-about", request.kind === "question" ? request.question : request.name),
+      " ",
+      element("strong", "", recordText(request)),
+    );
+    record.lastChild.dataset.role = "record";
+    node.replaceChildren(record);
+  }
+
+  async function respond(form, submitter) {
+    const node = form.closest(".request");
+    const runId = node.closest("section.run").dataset.run;
+    const body = { request: Number(node.dataset.request) };
+    if (node.dataset.kind === "approval") {
+      if (!submitter) return; // only a button decides (Enter in the reason denies: below)
+      body.approve = submitter.value === "true";
+      const args = form.elements.arguments;
+      if (body.approve && args.value !== args.defaultValue) body.arguments = args.value;
+      const reason = form.elements.reason.value.trim();
+      if (!body.approve && reason) body.reason = reason;
+    } else {
+      body.answer = form.elements.answer.value;
+    }
+    const error = form.querySelector(".request-error");
+    const buttons = form.querySelectorAll("button");
+    const say = (text) => {
+      error.textContent = text;
+      error.hidden = !text;
+    };
+    for (const button of buttons) button.disabled = true;
+    say("");
+    let result;
+    try {
+      result = await post(`/api/runs/${runId}/respond/`, body);
+    } catch (_) {
+      result = null;
+    }
+    if (result && result.response.status === 202) return; // its record comes on the stream
+    say(result ? errorText(result.data) : "Could not reach the server; nothing was sent.");
+    for (const button of buttons) button.disabled = false;
+  }
+
   function setStatus(section, status, error) {
     const badge = section.querySelector('[data-role="status"]');
     badge.textContent = status;
@@ -156,7 +244,11 @@
     },
     "tool.started"(section, data) {
       clearRetry(section);
-      showServer(toolCard(section, data.call, data.name, data.arguments), data.name, data.server);
+      const card = toolCard(section, data.call, data.name, data.arguments);
+      showServer(card, data.name, data.server);
+      card.querySelector(".tool-state").textContent = "running…";
+      // an approved call runs with the arguments the person approved
+      if (data.arguments) card.querySelector(".tool-arguments").textContent = data.arguments;
     },
     "tool.done"(section, data) {
       const card = toolCard(section, data.call, data.name, "");
@@ -164,6 +256,16 @@
       card.querySelector(".tool-state").textContent = data.error ? "error" : "done";
       card.querySelector(".tool-output-title").textContent = data.error ? "Error" : "Output";
       card.querySelector(".tool-output").textContent = data.error || data.output;
+    },
+    "input.requested"(section, data) {
+      const request = data.request;
+      const card = toolCard(section, request.call, request.name, request.arguments);
+      showServer(card, request.name, serverOf(request.name));
+      if (!requestNode(section, request.id)) card.querySelector(".tool-state").textContent = "waiting";
+      requestCard(section, request);
+    },
+    "input.resolved"(section, data) {
+      showDecision(section, data.request);
     },
     "model.retry": showRetry,
     usage(section, data) {
@@ -260,6 +362,23 @@
     }
   });
   interrupt.addEventListener("change", updateComposer);
+  // the request cards come and go with the conversation (reload() replaces it): one listener
+  runsBox.addEventListener("submit", (event) => {
+    const form = event.target.closest(".request-form");
+    if (!form) return;
+    event.preventDefault();
+    respond(form, event.submitter);
+  });
+  // Enter sends an answer, as in the composer; in a denial's reason it denies (the form's
+  // implicit submission would press its first button: Approve)
+  runsBox.addEventListener("keydown", (event) => {
+    if (event.key !== "Enter" || event.shiftKey || event.isComposing) return;
+    const field = event.target.closest(".request-form [name=answer], .request-form [name=reason]");
+    if (!field) return;
+    event.preventDefault();
+    const deny = field.form.querySelector('button[name=approve][value="false"]');
+    field.form.requestSubmit(field.name === "reason" ? deny : undefined);
+  });
   stopButton.addEventListener("click", async () => {
     if (!current) return;
     const { response, data } = await post(`/api/runs/${current.id}/stop/`);

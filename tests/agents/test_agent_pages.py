@@ -2,11 +2,13 @@
 the API's rules, providers and MCP servers added, refreshed and deleted, secrets never shown,
 and other users' objects out of reach; the chat page's agent line and MCP tool cards."""
 
+import re
+
 import pytest
 from django.test import Client
 from django.utils import timezone
 
-from agents import services
+from agents import services, tools
 from agents.models import Agent, McpServer, Provider, agent_of, create_thread
 from runs.models import Message
 
@@ -77,6 +79,47 @@ def test_it_creates_an_agent_with_every_setting(alice, alice_web, provider, serv
     assert agent.instructions == "Be brief."
     page = alice_web.get("/agents/").content.decode()
     assert "Created the agent “Helper”." in page
+
+
+def test_the_form_offers_every_tool_for_approval_and_saves_the_choice(alice, alice_web, server):
+    page = alice_web.get("/agents/").content.decode()
+    assert 'name="tools" value="ask_user"' in page  # among the built-in tools
+    offered = re.findall(r'name="approve_tools" value="([^"]*)"', page)
+    assert offered == ["*", *(name for name in tools.names() if name != "ask_user"),
+                       "weather__forecast"]  # fmt: skip
+    assert '<span class="tool-server badge">weather</span> <code>forecast</code>' in page
+    r = alice_web.post(
+        "/agents/",
+        agent_post(tools=["calculator", "ask_user"], mcp_servers=[server.pk],
+                   approve_tools=["calculator", "weather__forecast", "calculator"]),
+    )  # fmt: skip
+    assert r.status_code == 302
+    agent = alice.agents.get(name="Helper")
+    assert agent.approve_tools == ["calculator", "weather__forecast"]
+    assert agent.tools == ["calculator", "ask_user"]
+    assert "asks first: calculator, weather__forecast" in alice_web.get("/agents/").content.decode()
+    page = alice_web.get(f"/agents/{agent.pk}/").content.decode()
+    assert 'name="approve_tools" value="calculator" checked' in page
+    assert 'name="approve_tools" value="weather__forecast" checked' in page
+    assert 'name="approve_tools" value="*" >' in page  # not checked
+    # a name the API saved that no list offers any more is kept by a save of the form
+    agent.approve_tools = ["gone__tool"]
+    agent.save()
+    page = alice_web.get(f"/agents/{agent.pk}/").content.decode()
+    assert 'name="approve_tools" value="gone__tool" checked' in page
+    alice_web.post(f"/agents/{agent.pk}/", agent_post(approve_tools=["gone__tool", "*"]))
+    agent.refresh_from_db()
+    assert agent.approve_tools == ["gone__tool", "*"]
+    # the API's reasons, by the field; nothing saved
+    r = alice_web.post(f"/agents/{agent.pk}/", agent_post(approve_tools=["x" * 201]))
+    assert r.status_code == 400
+    assert "Ensure this field has no more than 200 characters." in r.content.decode()
+    agent.refresh_from_db()
+    assert agent.approve_tools == ["gone__tool", "*"]
+    # unticking them all saves none
+    alice_web.post(f"/agents/{agent.pk}/", agent_post())
+    agent.refresh_from_db()
+    assert agent.approve_tools == []
 
 
 def test_the_form_shows_the_apis_reasons_by_the_fields_and_keeps_what_was_typed(alice, alice_web):

@@ -237,11 +237,13 @@ def test_the_agent_form_shows_the_providers_default_model(page, alice):
         "placeholder", "llama3 (the provider's default)"
     )
     form.locator("input[name=tools][value=calculator]").check()
+    form.locator("input[name=approve_tools][value=calculator]").check()
     form.get_by_role("button", name="Create agent").click()
     expect(page.locator(".notice")).to_contain_text("Created the agent “Helper”.")
     expect(page.locator(".agents li", has_text="Helper")).to_contain_text("llama3 · Local")
     agent = alice.agents.get(name="Helper")
     assert (agent.provider, agent.model, agent.tools) == (provider, "", ["calculator"])
+    assert agent.approve_tools == ["calculator"]
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "agents.png", full_page=True)
     page.click("text=Providers and MCP servers")
@@ -464,3 +466,160 @@ def test_the_api_docs_page_renders_every_endpoint_from_this_server_alone(page, l
     page.screenshot(path=ARTIFACTS / "api-docs.png")
     elsewhere = [url for url in requested if not url.startswith(live.base_url)]
     assert elsewhere == [], "the docs page asked another origin"
+
+
+CALC = '/tool calculator {"expression": "6*7"}'
+
+
+def asks_first(user, tools=("calculator",), approve=("calculator",)):
+    """The user's agent with `tools`, a person approving each call of those in `approve`."""
+    pace(user, words=5, tools=list(tools), approve_tools=list(approve))
+
+
+def test_it_asks_to_approve_a_tool_call_and_goes_on_once_approved(page, alice):
+    asks_first(alice)
+    thread = open_chat(page, alice)
+    send(page, CALC)
+    card = page.locator(".request.approval")
+    expect(card.locator(".tool-name")).to_have_text("calculator")
+    expect(card.locator("textarea[name=arguments]")).to_have_value('{"expression": "6*7"}')
+    expect(status(page)).to_have_text("waiting")
+    expect(page.locator("details.tool .tool-state")).to_have_text("waiting")
+    expect(page.locator("#composer textarea")).to_be_disabled()  # the run is active
+    expect(page.locator("#stop")).to_be_visible()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "chat-approval.png", full_page=True)
+    card.get_by_role("button", name="Approve").click()
+    expect(card.locator('[data-role="record"]')).to_have_text("approved")
+    tool = page.locator("details.tool")
+    expect(tool.locator(".tool-state")).to_have_text("done")
+    expect(tool.locator(".tool-output")).to_have_text("42")
+    expect(streaming(page)).to_have_text("The answer is 42.")
+    expect(status(page)).to_have_text("completed")
+    expect(page.locator("#composer textarea")).to_be_enabled()
+    request = Run.objects.get(thread=thread).requests.get()
+    assert (request.status, request.approved_arguments) == ("approved", "")
+
+
+def test_it_runs_the_call_with_the_arguments_as_the_person_edited_them(page, alice):
+    asks_first(alice)
+    thread = open_chat(page, alice)
+    send(page, CALC)
+    card = page.locator(".request.approval")
+    arguments = card.locator("textarea[name=arguments]")
+    arguments.fill("6*8")  # not JSON: the card says why, and nothing is decided
+    card.get_by_role("button", name="Approve").click()
+    expect(card.locator(".request-error")).to_contain_text("The arguments must be a JSON object")
+    page.errors[:] = [e for e in page.errors if "400" not in e]  # the browser logs the 400
+    arguments.fill('{"expression": "6*8"}')
+    card.get_by_role("button", name="Approve").click()
+    expect(card.locator('[data-role="record"]')).to_have_text("approved with edited arguments")
+    expect(page.locator("details.tool .tool-output")).to_have_text("48")
+    expect(page.locator("details.tool .tool-arguments")).to_have_text('{"expression": "6*8"}')
+    expect(streaming(page)).to_have_text("The answer is 48.")
+    expect(status(page)).to_have_text("completed")
+    request = Run.objects.get(thread=thread).requests.get()
+    assert request.approved_arguments == '{"expression": "6*8"}'
+
+
+def test_a_denied_call_tells_the_model_why(page, alice):
+    asks_first(alice)
+    open_chat(page, alice)
+    send(page, CALC)
+    card = page.locator(".request.approval")
+    card.locator("input[name=reason]").fill("not today")
+    card.locator("input[name=reason]").press("Enter")  # denies, as the Deny button does
+    expect(card.locator('[data-role="record"]')).to_have_text("denied: not today")
+    expect(page.locator("details.tool .tool-state")).to_have_text("error")
+    expect(streaming(page)).to_contain_text("the person denied this call: not today")
+    expect(status(page)).to_have_text("completed")
+
+
+def test_it_asks_the_person_a_question_and_goes_on_with_the_answer(page, alice):
+    asks_first(alice, tools=["ask_user"], approve=[])
+    open_chat(page, alice)
+    send(page, '/tool ask_user {"question": "Which city?"}')
+    expect(page.locator(".request.question .request-question")).to_have_text("Which city?")
+    expect(status(page)).to_have_text("waiting")
+    page.reload()  # the card the server renders answers as well
+    card = page.locator(".request.question")
+    expect(card.locator(".request-question")).to_have_text("Which city?")
+    expect(status(page)).to_have_text("waiting")
+    card.locator("textarea[name=answer]").fill("Oslo")
+    card.locator("textarea[name=answer]").press("Enter")
+    expect(card.locator('[data-role="record"]')).to_have_text("answered: Oslo")
+    expect(streaming(page)).to_have_text("The ask_user tool answered: Oslo")
+    expect(status(page)).to_have_text("completed")
+    expect(page.locator("#composer textarea")).to_be_enabled()
+
+
+def test_a_second_tab_sees_the_request_and_its_answer_live(page, alice):
+    asks_first(alice)
+    thread = open_chat(page, alice)
+    other = page.context.new_page()
+    other.goto(f"/chats/{thread.pk}/")
+    send(page, CALC)
+    for tab in (page, other):
+        expect(tab.locator(".request.approval .tool-name")).to_have_text("calculator")
+        expect(status(tab)).to_have_text("waiting")
+    other.locator(".request.approval").get_by_role("button", name="Approve").click()
+    for tab in (page, other):
+        expect(tab.locator('.request [data-role="record"]')).to_have_text("approved")
+        expect(tab.locator(".request form")).to_have_count(0)
+        expect(streaming(tab)).to_have_text("The answer is 42.")
+        expect(status(tab)).to_have_text("completed")
+
+
+def test_a_stop_cancels_what_the_run_asks(page, alice):
+    asks_first(alice)
+    thread = open_chat(page, alice)
+    send(page, CALC)
+    expect(status(page)).to_have_text("waiting")
+    page.click("#stop")
+    expect(status(page)).to_have_text("stopped")
+    expect(page.locator('.request [data-role="record"]')).to_have_text("cancelled")
+    assert Run.objects.get(thread=thread).requests.get().status == "cancelled"
+
+
+def test_an_mcp_tools_approval_card_shows_its_server_live_and_after_a_reload(page, alice):
+    # listed a moment ago, so the worker does not list its tools again; it is never called
+    server = McpServer.objects.create(
+        owner=alice, name="weather", url="http://127.0.0.1:9/mcp", tools_refreshed=timezone.now(),
+        tools=[{"name": "weather__forecast", "tool": "forecast", "description": "The weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}],
+    )  # fmt: skip
+    asks_first(alice, tools=[], approve=["weather__forecast"])
+    alice.agents.get().mcp_servers.add(server)
+    open_chat(page, alice)
+    send(page, '/tool weather__forecast {"city": "Oslo"}')
+    for _ in range(2):  # live, then as the server renders it
+        card = page.locator(".request.approval")
+        expect(card.locator(".tool-server")).to_have_text("weather")
+        expect(card.locator(".tool-name")).to_have_text("forecast")
+        expect(card.locator("textarea[name=arguments]")).to_have_value('{"city": "Oslo"}')
+        expect(status(page)).to_have_text("waiting")
+        page.reload()
+    card.get_by_role("button", name="Deny").click()
+    expect(card.locator('[data-role="record"]')).to_have_text("denied")
+    expect(streaming(page)).to_contain_text("the person denied this call")
+
+
+def test_an_answer_that_came_first_elsewhere_is_a_409_in_the_card(page, alice):
+    asks_first(alice)
+    thread = open_chat(page, alice)
+    send(page, CALC)
+    expect(status(page)).to_have_text("waiting")
+    run = thread.runs.get()
+    # this page hears nothing more of the run (as if offline) and shows the card it was served
+    page.route(f"**/api/runs/{run.pk}/events/**", lambda route: None)
+    page.reload()
+    card = page.locator(".request.approval")
+    expect(card.locator("textarea[name=arguments]")).to_have_value('{"expression": "6*7"}')
+    lifecycle.run_respond(run=run, request=run.requests.get().pk, approve=False)  # elsewhere
+    card.get_by_role("button", name="Approve").click()
+    expect(card.locator(".request-error")).to_contain_text(
+        "This request is not pending (it is denied"
+    )
+    expect(card.get_by_role("button", name="Approve")).to_be_enabled()  # nothing was decided
+    page.errors[:] = [e for e in page.errors if "409" not in e]  # the browser logs the 409
+    wait_for_status(run.pk, Run.Status.COMPLETED)

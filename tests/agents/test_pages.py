@@ -13,6 +13,8 @@ from runs import lifecycle
 from runs.markdown import render
 from runs.models import Message, Run, Thread
 
+from conftest import waiting_run
+
 pytestmark = pytest.mark.django_db
 
 
@@ -147,3 +149,54 @@ def test_the_page_scripts_get_the_statuses_and_markup_from_the_server(alice_web,
     assert 'class="tool-state">running…</span>' in tool.group(1)
     footer = re.search(r'<template id="footer-template">(.*?)</template>', page, re.S).group(1)
     assert 'data-format="{in} in · {out} out tokens"' in footer
+    # and the request cards, one of each kind, and the tools' servers to name in them
+    for kind in ("approval", "question"):
+        card = re.search(rf'<template id="request-{kind}-template">(.*?)</template>', page, re.S)
+        assert f'<div class="request {kind}" data-request=""' in card.group(1)
+    servers = re.search(r'id="relay-tool-servers"[^>]*>(.*?)</script>', page).group(1)
+    assert json.loads(servers) == {"tools": {}, "servers": []}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reload_shows_what_a_waiting_run_asks_and_then_what_became_of_it(
+    alice, alice_web, no_queue
+):
+    message = '/tool calculator {"expression": "6*7"}\n/tool ask_user {"question": "Which city?"}'
+    run = waiting_run(alice, no_queue, message=message)
+    assert run.status == Run.Status.WAITING
+    approval, question = run.requests.order_by("kind")
+    page = alice_web.get(f"/chats/{run.thread_id}/").content.decode()
+    assert f'data-active-run="{run.pk}"' in page  # the page follows it: it may go on
+    assert '<span class="badge waiting" data-role="status">waiting</span>' in page
+    cards = re.findall(r'<div class="request (\w+)" data-request="(\d+)"', page)
+    assert cards == [("approval", str(approval.pk)), ("question", str(question.pk))]
+    prefilled = "{&quot;expression&quot;: &quot;6*7&quot;}"  # the model's JSON, as text
+    assert f'<textarea name="arguments" rows="3" spellcheck="false">{prefilled}</textarea>' in page
+    assert '<p class="request-question">Which city?</p>' in page
+    assert page.count('<span class="tool-state">waiting</span>') == 2
+    lifecycle.run_respond(run=run, request=approval.pk, approve=False, reason="not now")
+    conversation = alice_web.get(f"/chats/{run.thread_id}/messages/").content.decode()
+    assert '<strong data-role="record">denied: not now</strong>' in conversation
+    assert '<p class="request-question">Which city?</p>' in conversation  # still asked
+    lifecycle.run_respond(run=run, request=question.pk, answer="Oslo")
+    conversation = alice_web.get(f"/chats/{run.thread_id}/messages/").content.decode()
+    assert '<strong data-role="record">answered: Oslo</strong>' in conversation
+    assert "<form" not in conversation
+
+
+@pytest.mark.django_db(transaction=True)
+def test_another_users_waiting_run_is_not_theirs_to_see_or_answer(alice, bob, no_queue):
+    run = waiting_run(alice, no_queue)
+    [request] = run.requests.all()
+    client = Client()
+    client.force_login(bob)
+    assert client.get(f"/chats/{run.thread_id}/").status_code == 404
+    assert client.get(f"/chats/{run.thread_id}/messages/").status_code == 404
+    r = client.post(
+        f"/api/runs/{run.pk}/respond/",
+        json.dumps({"request": request.pk, "approve": True}),
+        content_type="application/json",
+    )
+    assert r.status_code == 404
+    request.refresh_from_db()
+    assert request.status == "pending"

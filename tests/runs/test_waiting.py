@@ -9,25 +9,14 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from agents import services
 from runs import lifecycle, repair
 from runs.models import InputRequest, Run
 
-from conftest import logged, new_thread
+from conftest import logged, waiting_run
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 CALC = '/tool calculator {"expression": "6*7"}'
-
-
-def waiting_run(user, no_queue, message=CALC, **agent_fields):
-    agent_fields.setdefault("tools", ["calculator", "ask_user"])
-    agent_fields.setdefault("approve_tools", ["calculator"])
-    thread = new_thread(user, **agent_fields)
-    run = services.agent_start(user=user, thread=thread, message=message)
-    no_queue.run()  # the worker: up to the wait
-    run.refresh_from_db()
-    return run
 
 
 def respond(api, run, **body):
