@@ -201,11 +201,13 @@ class AgentLoop(RunLoop):
             flush()
             message.content = "".join(text)
             message.tool_calls = [] if self.stop.is_set() else calls
+            # cut short by a shutdown, it is kept as it is and the next attempt answers anew
+            message.interrupted = self.lease.handed_back
             # a lost run's message is the reaper's: it saved what was announced, or dropped it
             if self.lease.held():
                 with closing_connection():
                     if message.content or message.tool_calls:
-                        message.save(update_fields=["content", "tool_calls"])
+                        message.save(update_fields=["content", "tool_calls", "interrupted"])
                         stream.emit(self.run.pk, "message.done", message=message.as_event())
                     else:
                         message.delete()
@@ -232,6 +234,8 @@ class AgentLoop(RunLoop):
                 error = "the run was stopped before the tool finished"
                 if self.lease.expired:
                     error = "the run reached its time limit before the tool finished"
+                if self.lease.handed_back:
+                    error = "its worker shut down before the tool finished"
                 stream.emit(self.run.pk, "tool.done", call=call, name=name, output=None,
                             error=error, server=server)  # fmt: skip
             raise Stopped

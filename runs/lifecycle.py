@@ -192,6 +192,24 @@ def run_wait(*, run, usage=None):
     return bool(waiting)
 
 
+def run_hand_back(*, run, usage=None):
+    """Enqueue again a run (this attempt's) that its worker let go while shutting down: the
+    next worker goes on from what the database holds. Returns False when a stop was asked for
+    meanwhile (the run then ends stopped, as asked)."""
+    changes = {"status": Run.Status.QUEUED, "lease_owner": "", "lease_expires": None}
+    handed = Run.objects.filter(
+        pk=run.pk, status=Run.Status.RUNNING, attempt=run.attempt, lease_owner=run.lease_owner,
+        stop_requested=None,
+    ).update(**changes, requeued=timezone.now(), **_usage(usage))  # fmt: skip
+    if not handed:
+        return False
+    run.status = Run.Status.QUEUED
+    stream.emit(run.pk, "run.status", status=run.status, error="its worker shut down",
+                attempt=run.attempt)  # fmt: skip
+    _wake_task(run)
+    return True
+
+
 def run_respond(*, run, request, approve=None, arguments=None, reason="", answer=""):
     """Record a person's answer to one of the run's pending requests (its id), and once none is
     pending, enqueue the run again: any worker goes on from the decisions. A request that is
@@ -249,10 +267,14 @@ def _not_an_object(text):
 
 def _wake(run):
     stream.emit(run.pk, "run.status", status=run.status, error="", attempt=run.attempt)
+    _wake_task(run)
+
+
+def _wake_task(run):
     try:
         send_run_task(run.pk)
     except Exception as exc:  # the reaper sends it again once RUN_REQUEUE_SECONDS have passed
-        log.warning("run %s: answered, but could not enqueue it: %s", run.pk, exc)
+        log.warning("run %s: queued again, but could not enqueue it: %s", run.pk, exc)
 
 
 def end_parked(run, status, *, requests, error="", where=None):

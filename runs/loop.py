@@ -16,7 +16,7 @@ from django.db import connection
 from django.db.models import Q
 
 from . import kinds, stream
-from .lifecycle import run_claim, run_finish, run_wait
+from .lifecycle import run_claim, run_finish, run_hand_back, run_wait
 from .models import Run
 from .worker import worker
 
@@ -97,6 +97,8 @@ class RunLoop:
                 return
             status = Run.Status.STOPPED  # a stop came before the wait
         except Stopped:
+            if self.lease.handed_back and self._hand_back():
+                return
             if self.lease.expired:  # the worker cut the run off at its deadline
                 status, error = Run.Status.FAILED, self._over_time()
             else:
@@ -121,6 +123,17 @@ class RunLoop:
                 where=Q(attempt=self.run.attempt, lease_owner=self.run.lease_owner),
                 usage=(self.input_tokens, self.output_tokens),
             )
+
+    def _hand_back(self):
+        """The worker is shutting down: enqueue the run again for another (False when a stop
+        came meanwhile: it then ends stopped)."""
+        if not self.lease.held():
+            return True
+        with closing_connection():
+            handed = run_hand_back(run=self.run, usage=(self.input_tokens, self.output_tokens))
+        if handed:
+            self._announce_usage()
+        return handed
 
     def _wait(self):
         """Park the run; False when a stop came first (the run then ends stopped)."""

@@ -1,16 +1,31 @@
 from celery import shared_task
+from celery.exceptions import Reject
+from celery.signals import worker_shutting_down
 from django.conf import settings
 
 from . import loop, repair
+from .worker import worker
 
 
 # Time limits only apply under the prefork pool; the run loop enforces RUN_TIME_LIMIT itself,
 # which covers the threads pool the workers use by default.
 @shared_task(soft_time_limit=settings.RUN_TIME_LIMIT + 30, time_limit=settings.RUN_TIME_LIMIT + 90)
 def execute_run_task(run_id):
+    if worker.shutting_down:
+        # a message this process took as it began to shut down (the runs it handed back are
+        # sent again then): back to the queue, for another worker
+        raise Reject("the worker is shutting down", requeue=True)
     loop.execute(run_id)
 
 
 @shared_task
 def reap_runs_task():
     return repair.runs_reap()
+
+
+@worker_shutting_down.connect
+def hand_back_runs(**kwargs):
+    """On a warm shutdown (SIGTERM), the runs this process executes (the threads pool: they are
+    in this process) go back to the queue, resumed by another worker, instead of holding the
+    shutdown until they end."""
+    worker.hand_back()

@@ -76,6 +76,7 @@ class Lease:
         self.renewed = time.monotonic()  # when the last renewal that found the run ours began
         self.expired = False
         self.lost = False
+        self.handed_back = False  # the worker is shutting down: another one resumes the run
         self._worker = worker
 
     def release(self):
@@ -89,6 +90,11 @@ class Lease:
     def lose(self):
         self.lost = True
         self.stop.set()
+
+    def hand_back(self):
+        if not self.stop.is_set():  # a stop asked for before the shutdown stays a stop
+            self.handed_back = True
+            self.stop.set()
 
     def held(self):
         """Whether the run is still ours to write to. Renewals come every RUN_HEARTBEAT_SECONDS;
@@ -106,6 +112,7 @@ class Worker:
         self._lock = threading.Lock()
         self._runs = {}  # run id (str) -> Lease
         self._pid = None
+        self.shutting_down = False  # it takes no more runs: their messages go back
 
     def _ensure_started(self):
         with self._lock:
@@ -140,6 +147,17 @@ class Worker:
     def active(self):
         with self._lock:
             return dict(self._runs)
+
+    def hand_back(self):
+        """The process is shutting down (a deploy's SIGTERM): stop every run it holds where it
+        is, for the loop to enqueue it again (runs.lifecycle.run_hand_back), rather than keep
+        the shutdown waiting for them to finish."""
+        self.shutting_down = True
+        leases = self.active()
+        for lease in leases.values():
+            lease.hand_back()
+        if leases:
+            log.warning("shutting down: handing back %d runs", len(leases))
 
     def _heartbeat(self):
         renewed = time.monotonic()

@@ -9,11 +9,12 @@ import threading
 from datetime import timedelta
 
 import pytest
+from celery.exceptions import Reject
 from django.conf import settings
 from django.utils import timezone
 
 from agents import runner, services, tools
-from runs import loop, repair
+from runs import loop, repair, tasks
 from runs.models import Message, Run
 
 from conftest import logged, new_thread, wait_for
@@ -164,6 +165,53 @@ def test_a_lost_run_whose_stop_was_asked_ends_stopped(alice, no_queue, settings)
     wait_for(lambda: "message.delta" in [k for _, k, _ in logged(run)], message="a delta")
     Run.objects.filter(pk=run.pk).update(stop_requested=timezone.now())  # the flag never came
     lose_the_worker(run, worker)
+    run.refresh_from_db()
+    assert run.status == Run.Status.STOPPED
+    assert no_queue.sent == []
+
+
+def test_a_worker_shutting_down_hands_its_runs_back_for_another_to_resume(
+    alice, no_queue, monkeypatch
+):
+    monkeypatch.setattr(loop.worker, "shutting_down", False)  # and back after the test
+    thread = new_thread(alice, words=400, delay_ms=10)
+    run = services.agent_start(user=alice, thread=thread, message="Tell me something")
+    no_queue.sent.clear()
+    worker = threading.Thread(target=loop.execute, args=(run.pk,))
+    worker.start()
+    wait_for(lambda: "message.delta" in [k for _, k, _ in logged(run)], message="a delta")
+    loop.worker.hand_back()  # what a SIGTERM does (runs.tasks.hand_back_runs)
+    worker.join(5)
+    assert not worker.is_alive()  # at once, not at the end of the reply
+    run.refresh_from_db()
+    assert (run.status, run.lease_owner, run.resumes) == (Run.Status.QUEUED, "", 0)
+    cut = thread.messages.get(role="assistant")
+    assert cut.interrupted and 0 < len(cut.content.split()) < 400
+    assert len(no_queue.sent) == 1  # its task, for any worker
+    with pytest.raises(Reject):  # not this one, which is shutting down
+        tasks.execute_run_task(str(run.pk))
+    loop.worker.shutting_down = False  # this process is the next worker now
+    no_queue.run()
+    run.refresh_from_db()
+    assert run.status == Run.Status.COMPLETED, run.error
+    assert len(thread.messages.filter(role="assistant").last().content.split()) == 400
+    assert statuses(run) == [
+        ("queued", "", 0), ("running", "", 1), ("queued", "its worker shut down", 1),
+        ("running", "", 2), ("completed", "", 2),
+    ]  # fmt: skip
+
+
+def test_a_stop_asked_before_the_shutdown_stays_a_stop(alice, no_queue, monkeypatch):
+    monkeypatch.setattr(loop.worker, "shutting_down", False)
+    thread = new_thread(alice, words=400, delay_ms=10)
+    run = services.agent_start(user=alice, thread=thread, message="Tell me something")
+    no_queue.sent.clear()
+    worker = threading.Thread(target=loop.execute, args=(run.pk,))
+    worker.start()
+    wait_for(lambda: "message.delta" in [k for _, k, _ in logged(run)], message="a delta")
+    Run.objects.filter(pk=run.pk).update(stop_requested=timezone.now())  # its flag not yet seen
+    loop.worker.hand_back()
+    worker.join(5)
     run.refresh_from_db()
     assert run.status == Run.Status.STOPPED
     assert no_queue.sent == []
