@@ -215,7 +215,11 @@
 
   const handlers = {
     "run.status"(section, data) {
-      setStatus(section, data.status, data.error);
+      // queued again with a reason: its worker was lost or shut down, and another goes on
+      const resumed = data.status === "running" && section.dataset.resuming;
+      if (data.status === "queued" && data.error) section.dataset.resuming = "1";
+      else delete section.dataset.resuming;
+      setStatus(section, data.status, resumed ? `resumed (attempt ${data.attempt})` : data.error);
       if (TERMINAL.has(data.status)) {
         clearRetry(section);
         finish();
@@ -237,6 +241,7 @@
           const node = messageNode(section, message.id, "assistant");
           node.innerHTML = message.html; // sanitized by the server (agents/markdown.py)
           node.classList.remove("streaming");
+          node.classList.toggle("interrupted", Boolean(message.interrupted));
           node.dataset.done = "1";
         }
         for (const call of message.tool_calls) toolCard(section, call.id, call.name, call.arguments);

@@ -623,3 +623,27 @@ def test_an_answer_that_came_first_elsewhere_is_a_409_in_the_card(page, alice):
     expect(card.get_by_role("button", name="Approve")).to_be_enabled()  # nothing was decided
     page.errors[:] = [e for e in page.errors if "409" not in e]  # the browser logs the 409
     wait_for_status(run.pk, Run.Status.COMPLETED)
+
+
+def test_an_open_page_sees_a_run_resume_on_another_worker_without_losing_a_word(page, live, alice):
+    """A deploy stops the worker mid-reply (SIGTERM): the run is handed back, the next worker
+    resumes it, and the open page shows the cut reply as interrupted, then the whole new one,
+    each exactly as the database has it."""
+    pace(alice, words=150, delay_ms=30)
+    thread = open_chat(page, alice)
+    send(page, "Tell me something long")
+    expect(streaming(page)).to_contain_text(" ")  # it is streaming
+    live.stop("worker", signal.SIGTERM)  # hands the run back, and exits
+    live.start_worker()  # the next worker takes it
+    expect(status(page)).to_have_text("completed", timeout=30_000)
+    cut, whole = thread.messages.filter(role="assistant").order_by("position")
+    assert cut.interrupted and len(whole.content.split()) == 150
+    replies = page.locator("section.run").last.locator(".message.assistant")
+    expect(replies).to_have_count(2)
+    expect(replies.first).to_have_class(re.compile(r"\binterrupted\b"))
+    assert replies.first.inner_text().strip().startswith(cut.content.strip()[:40])
+    expect(replies.last).to_have_text(whole.content)
+    page.reload()  # and the same from the database
+    replies = page.locator("section.run").last.locator(".message.assistant")
+    expect(replies.first).to_have_class(re.compile(r"\binterrupted\b"))
+    expect(replies.last).to_have_text(whole.content)
