@@ -116,9 +116,9 @@ def test_several_calls_of_a_turn_each_wait_and_the_run_goes_on_once_all_are_answ
     assert run.status == Run.Status.COMPLETED, run.error
     reply = run.thread.messages.last().content
     assert reply.startswith("The answer is 42. The ask_user tool answered: Yes The current_time")
-    assert [d["name"] for _, k, d in logged(run) if k == "tool.done"] == [
-        "current_time", "calculator", "ask_user",
-    ]  # fmt: skip
+    done = [d["name"] for _, k, d in logged(run) if k == "tool.done"]
+    # the first at once; the two decided calls after the answers, at once (in either order)
+    assert done[0] == "current_time" and sorted(done[1:]) == ["ask_user", "calculator"]
 
 
 def test_answers_that_cannot_be_taken(alice, alice_api, bob_api, no_queue):
