@@ -183,3 +183,20 @@ def test_deleting_the_thread_deletes_its_follow_ups(alice, no_queue, settings):
     lifecycle.run_finish(run=run, status=Run.Status.COMPLETED)
     thread.delete_if_idle()
     assert not FollowUp.objects.exists()
+
+
+def test_the_thread_stream_tells_which_follow_up_a_run_started_for(alice, no_queue, monkeypatch):
+    told = []
+    announce = lifecycle.stream.announce_run_started
+
+    def record(run, follow_up=None):
+        told.append((str(run.pk), follow_up))
+        announce(run, follow_up=follow_up)
+
+    monkeypatch.setattr(lifecycle.stream, "announce_run_started", record)
+    thread = new_thread(alice)
+    run = services.agent_start(user=alice, thread=thread, message="one")
+    follow_up = enqueue(alice, thread, "two")
+    lifecycle.run_stop(run=run)
+    follow_up.refresh_from_db()
+    assert told == [(str(run.pk), None), (str(follow_up.run_id), follow_up.pk)]
