@@ -3,20 +3,26 @@ and starting an agent run on one). Runs themselves are the runs app's API."""
 
 from django.conf import settings
 from django.db.models import OuterRef, Subquery
-from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiExample,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from runs import openapi
 from runs.api import (
+    FollowUpSerializer,
     MessageSerializer,
     OwnedPrimaryKeyField,
     OwnedViewSet,
     RaceSafeWrites,
     RunSerializer,
 )
-from runs.models import Run, Thread
+from runs.models import FollowUp, Run, Thread
 
 from . import tools
 from .models import Agent, McpServer, Provider, ThreadAgent
@@ -122,7 +128,12 @@ class ThreadSerializer(serializers.ModelSerializer):
 class RunStartSerializer(serializers.Serializer):
     message = serializers.CharField()
     agent = OwnedPrimaryKeyField(queryset=Agent.objects.all(), required=False, allow_null=True)
-    if_busy = serializers.ChoiceField(["reject", "interrupt"], default="reject")
+    if_busy = serializers.ChoiceField(
+        ["reject", "interrupt", "enqueue"], default="reject",
+        help_text="when the thread has an active run (or queued messages): refuse (409), stop it"
+        " first (and drop what is queued), or queue the message to start when the runs before it"
+        " have ended (202 with the follow-up; RUN_FOLLOW_UPS_MAX per thread, 429 beyond)",
+    )  # fmt: skip
 
     def validate_message(self, value):
         size = len(value.encode())
@@ -194,11 +205,27 @@ class ThreadViewSet(
     @extend_schema(
         methods=["POST"],
         request=RunStartSerializer,
-        responses={202: RunSerializer, **openapi.RUN_START_ERRORS},
+        responses={
+            202: PolymorphicProxySerializer(
+                component_name="RunOrFollowUp",
+                serializers=[RunSerializer, FollowUpSerializer],
+                resource_type_field_name=None,
+            ),
+            **openapi.QUEUEING_START_ERRORS,
+        },
+        description="202 with the run; or, when the message was queued behind the thread's"
+        ' active run (`"if_busy": "enqueue"`), with the follow-up (`follow_up`, `position`):'
+        " its run starts when the runs before it end, announced on the thread's stream"
+        " (`run.started` with its `follow_up`) and shown by `GET .../follow-ups/`.",
         examples=[
             OpenApiExample(
                 "A question", {"message": "Please calculate 2 * (3 + 4)"}, request_only=True
-            )
+            ),
+            OpenApiExample(
+                "After the current reply",
+                {"message": "And in French?", "if_busy": "enqueue"},
+                request_only=True,
+            ),
         ],
     )
     @action(detail=True, methods=["get", "post"])
@@ -209,5 +236,15 @@ class ThreadViewSet(
             return self.get_paginated_response(RunSerializer(page, many=True).data)
         data = RunStartSerializer(data=request.data, context={"request": request})
         data.is_valid(raise_exception=True)
-        run = agent_start(user=request.user, thread=thread, **data.validated_data)
-        return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+        started = agent_start(user=request.user, thread=thread, **data.validated_data)
+        if isinstance(started, FollowUp):
+            return Response(FollowUpSerializer(started).data, status=status.HTTP_202_ACCEPTED)
+        return Response(RunSerializer(started).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(responses=FollowUpSerializer(many=True))
+    @action(detail=True, methods=["get"], url_path="follow-ups")
+    def follow_ups(self, request, pk=None):
+        """The messages queued on the thread that have not started yet, the next first."""
+        thread = self.get_object()
+        page = self.paginate_queryset(thread.follow_ups.pending())
+        return self.get_paginated_response(FollowUpSerializer(page, many=True).data)

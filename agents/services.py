@@ -6,7 +6,7 @@ from runs.errors import ServiceError
 from runs.lifecycle import run_start
 from runs.models import Run
 
-from .models import RunAgent, ThreadAgent, agent_of
+from .models import Agent, RunAgent, ThreadAgent, agent_of
 from .runner import AgentLoop
 
 
@@ -25,6 +25,15 @@ class AgentRuns(kinds.Kind):
 
     def attach(self, run, *, made_thread, agent):
         link_agent(run, agent, made_thread=made_thread)
+
+    def keep(self, details):
+        return {"agent": details["agent"].pk}
+
+    def restore(self, kept):
+        agent = Agent.objects.filter(pk=kept.get("agent")).first()
+        if agent is None:
+            raise ServiceError("The agent this message was sent to no longer exists.")
+        return {"agent": agent}
 
 
 def link_agent(run, agent, *, made_thread):

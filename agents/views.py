@@ -65,6 +65,7 @@ def chat_detail(request, pk):
         "agent": agent_of(thread),
         "runs": runs,
         "active": active,
+        "follow_ups": thread.follow_ups.pending(),
         # for the request cards the script adds: a live request names the tool alone
         "tool_servers": tool_server_map(request.user),
         "blank_requests": [{"kind": kind} for kind in InputRequest.Kind.values],

@@ -183,6 +183,8 @@ REDIS_POOL_SIZE = env_int("REDIS_POOL_SIZE", 50)  # connections per process
 
 # Runs.
 RUN_MAX_ACTIVE_PER_USER = env_int("RUN_MAX_ACTIVE_PER_USER", 10)
+# messages queued on a busy thread (`if_busy: "enqueue"`), each started when the run before ends
+RUN_FOLLOW_UPS_MAX = env_int("RUN_FOLLOW_UPS_MAX", 5)
 RUN_MESSAGE_MAX_BYTES = env_int("RUN_MESSAGE_MAX_BYTES", 32 * 1024)  # and workflow renders
 RUN_MAX_TURNS = env_int("RUN_MAX_TURNS", 8)
 # attempts a run gets: one whose worker is lost is resumed by another until it has had them all

@@ -5,7 +5,7 @@ modules."""
 
 from django.contrib import admin
 
-from .models import InputRequest, Message, Run, Thread
+from .models import FollowUp, InputRequest, Message, Run, Thread
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -36,6 +36,13 @@ class InputRequestInline(ReadOnlyInline):
               "answer", "created", "resolved"]  # fmt: skip
 
 
+class FollowUpInline(ReadOnlyInline):
+    """Messages queued behind the thread's runs (`if_busy: "enqueue"`), and what became of them."""
+
+    model = FollowUp
+    fields = ["message", "status", "run", "error", "created"]
+
+
 class RunInline(ReadOnlyInline):
     model = Run
     fields = ["id", "kind", "status", "trigger", "error", "created", "finished"]
@@ -46,7 +53,7 @@ class RunInline(ReadOnlyInline):
 class ThreadAdmin(admin.ModelAdmin):
     list_display = ["__str__", "owner", "updated"]
     search_fields = ["title", "owner__username"]
-    inlines = [RunInline, MessageInline]
+    inlines = [RunInline, MessageInline, FollowUpInline]
 
 
 @admin.register(Message)

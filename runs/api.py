@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from . import openapi
 from .errors import ServiceConflict
 from .lifecycle import run_respond, run_retry, run_stop
-from .models import InputRequest, Message, Run
+from .models import FollowUp, InputRequest, Message, Run
 from .parsers import integer, object_id
 
 
@@ -121,6 +121,21 @@ class RunSerializer(serializers.ModelSerializer):
             return []
         pending = run.requests.filter(status=InputRequest.Status.PENDING)
         return [request.as_event() for request in pending]
+
+
+class FollowUpSerializer(serializers.ModelSerializer):
+    """A message queued on a busy thread (`if_busy: "enqueue"`): `pending` until its run starts
+    (then `run` is its id), `failed` with the `error` if its start was refused for good,
+    `cancelled` if an interrupting message took the thread."""
+
+    follow_up = serializers.IntegerField(source="pk", read_only=True)
+    position = serializers.IntegerField(
+        read_only=True, allow_null=True, help_text="1 for the next to start; null once started"
+    )
+
+    class Meta:
+        model = FollowUp
+        fields = ["follow_up", "thread", "status", "position", "message", "run", "error", "created"]
 
 
 class RunFilterSerializer(serializers.Serializer):

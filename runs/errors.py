@@ -27,6 +27,11 @@ class TooManyRuns(ServiceError):
     code = "too_many_runs"
 
 
+class TooManyFollowUps(ServiceError):
+    status = 429
+    code = "too_many_follow_ups"
+
+
 class QueueUnavailable(ServiceError):
     status = 503
     code = "queue_unavailable"

@@ -3,7 +3,7 @@ differs is what a run of a kind needs beside its Run row and what its loop does.
 knows a kind registers it from its AppConfig.ready(), and the engine asks the registry, never
 the app, so it imports none of them."""
 
-from .errors import ServiceConflict
+from .errors import ServiceConflict, ServiceError
 
 _kinds = {}
 
@@ -25,6 +25,15 @@ class Kind:
     def attach(self, run, *, made_thread, **details):
         """Save what a run of this kind keeps beside its Run (and a new thread beside its
         Thread), in the transaction that saves the run."""
+
+    def keep(self, details):
+        """What a follow-up (a start queued on a busy thread) keeps of the checked `details`,
+        as JSON, to start with when its turn comes; ServiceError if this kind cannot wait."""
+        raise ServiceError(f"A run of kind '{self.name}' cannot be queued.", field="if_busy")
+
+    def restore(self, kept):
+        """The details for `check` again, from what `keep` returned."""
+        return kept
 
     def retry(self, run):
         """The details a retry of the failed `run` starts with, or ServiceConflict."""

@@ -20,8 +20,15 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from . import kinds, stream
-from .errors import QueueUnavailable, ServiceConflict, ServiceError, ThreadBusy, TooManyRuns
-from .models import InputRequest, Run, Thread
+from .errors import (
+    QueueUnavailable,
+    ServiceConflict,
+    ServiceError,
+    ThreadBusy,
+    TooManyFollowUps,
+    TooManyRuns,
+)
+from .models import FollowUp, InputRequest, Run, Thread
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +45,19 @@ def run_start(
     if_busy="reject",
     trigger=Run.Trigger.API,
     retry_of=None,
+    follow_up=None,
     **details,
 ):
     """Save the user's message (if any) and a queued run of `kind` (a name in runs.kinds), and
     enqueue it once that is committed. The kind checks `details` first and saves them beside the
-    run. `if_busy="interrupt"` stops the thread's active run first; otherwise a busy thread
-    raises ThreadBusy. With no `thread`, a new one (called `title`) is made in the same
+    run. `if_busy="interrupt"` stops the thread's active run first (and cancels the messages
+    queued behind it); `"enqueue"` queues the message on a busy thread and returns the
+    FollowUp, which starts its run when the thread's runs before it have ended; otherwise a busy
+    thread raises ThreadBusy. A thread is busy while it has an active run or pending follow-ups
+    (they go first). With no `thread`, a new one (called `title`) is made in the same
     transaction, so a refused start leaves none. A queue that refuses the run raises
-    QueueUnavailable (from the commit of the outermost transaction) and leaves nothing saved."""
+    QueueUnavailable (from the commit of the outermost transaction) and leaves nothing saved.
+    `follow_up` is the pending FollowUp this start is (follow_ups_start)."""
     kind = kinds.get(kind)
     details = kind.check(user=user, thread=thread, **details)
     if thread and if_busy == "interrupt":
@@ -58,6 +70,16 @@ def run_start(
             if made_thread:
                 thread = Thread.objects.create(owner=user, title=title[:200])
             active = Run.objects.active_on(thread).first()
+            waiting = FollowUp.objects.pending().filter(thread=thread)
+            if follow_up is None and (active or waiting.exists()):
+                if if_busy == "enqueue":
+                    return _follow_up(user, kind, thread, message, trigger, details, waiting)
+                if active:
+                    raise ThreadBusy(
+                        f"Run {active.id} is still {active.status} on this thread.",
+                        run=str(active.id),
+                    )
+                raise ThreadBusy("Messages queued on this thread start first.")
             if active:
                 raise ThreadBusy(
                     f"Run {active.id} is still {active.status} on this thread.", run=str(active.id)
@@ -70,6 +92,11 @@ def run_start(
             run = Run.objects.create(
                 owner=user, thread=thread, kind=kind.name, trigger=trigger, retry_of=retry_of
             )
+            # the follow-up's one start: a second caller (the reaper, another end) finds it taken
+            if follow_up is not None and not FollowUp.objects.pending().filter(
+                pk=follow_up.pk, run=None
+            ).update(status=FollowUp.Status.STARTED, run=run, error=""):
+                raise FollowUpTaken
             kind.attach(run, made_thread=made_thread, **details)
             if message:
                 thread.append_message(role="user", content=message, run=run)
@@ -77,16 +104,74 @@ def run_start(
                 thread.title = (message.strip().splitlines() or [title])[0][:80]
             thread.save(update_fields=["title", "updated"])
             # A worker must find the run it is sent, and a start rolled back sends nothing.
-            transaction.on_commit(lambda: _enqueue(run, made_thread=made_thread))
+            queued = follow_up and follow_up.pk
+            transaction.on_commit(lambda: _enqueue(run, made_thread=made_thread, follow_up=queued))
     except IntegrityError:
         # the partial unique index caught a start racing ours on the same thread
         raise ThreadBusy("Another run started on this thread.") from None
     return run
 
 
+class FollowUpTaken(Exception):
+    """Another caller started the follow-up (or it was cancelled) first."""
+
+
+def _follow_up(user, kind, thread, message, trigger, details, waiting):
+    """Queue the message behind the thread's active run (run_start holds the user's row)."""
+    if waiting.count() >= settings.RUN_FOLLOW_UPS_MAX:
+        raise TooManyFollowUps(
+            f"This thread has {settings.RUN_FOLLOW_UPS_MAX} messages queued, the most allowed"
+            " (RUN_FOLLOW_UPS_MAX); wait for one to start."
+        )
+    follow_up = FollowUp.objects.create(
+        thread=thread, owner=user, kind=kind.name, trigger=trigger, message=message,
+        details=kind.keep(details),
+    )  # fmt: skip
+    # the active run may have ended before this commit, its end finding no follow-up yet
+    transaction.on_commit(lambda: follow_ups_start(thread_id=thread.pk))
+    return follow_up
+
+
+def follow_ups_start(*, thread_id):
+    """Start the thread's next pending follow-up, if no run is active on it. Called when a run
+    ends (run_finish, on commit), after a follow-up is queued, and by the reaper's pass, so a
+    follow-up whose start was refused for a while (the user's cap, the queue down) is tried
+    again; one refused for good (its agent is gone) ends failed, its error saying why, and the
+    next one is tried. Returns the run started, or None."""
+    while True:
+        follow_up = FollowUp.objects.pending().filter(thread_id=thread_id).first()
+        if follow_up is None or Run.objects.active_on(thread_id).exists():
+            return None
+        kind = kinds.get(follow_up.kind)
+        try:
+            return run_start(
+                user=follow_up.owner, kind=follow_up.kind, thread=follow_up.thread,
+                message=follow_up.message, trigger=follow_up.trigger, follow_up=follow_up,
+                **kind.restore(follow_up.details),
+            )  # fmt: skip
+        except (FollowUpTaken, ThreadBusy):
+            return None  # another start came first: this one waits for that run's end
+        except (TooManyRuns, QueueUnavailable) as exc:
+            # a refused run is taken back, and its follow-up's `run` with it: pending again
+            FollowUp.objects.filter(pk=follow_up.pk, run=None).update(
+                status=FollowUp.Status.PENDING, error=exc.message
+            )
+            log.warning("follow-up %s: not started yet: %s", follow_up.pk, exc.message)
+            return None
+        except ServiceError as exc:
+            FollowUp.objects.pending().filter(pk=follow_up.pk).update(
+                status=FollowUp.Status.FAILED, error=exc.message
+            )
+            log.warning("follow-up %s: failed: %s", follow_up.pk, exc.message)
+
+
 def _interrupt(thread):
     """Stop the thread's active run and wait until it has ended, so its partial reply lands in
-    the thread before the new message does."""
+    the thread before the new message does. The messages queued behind it are cancelled first:
+    the interrupting one is the thread's next, so none of them starts on the stop."""
+    FollowUp.objects.pending().filter(thread=thread).update(
+        status=FollowUp.Status.CANCELLED, error="an interrupting message took the thread"
+    )
     active = Run.objects.active_on(thread).first()
     if not active:
         return
@@ -101,17 +186,18 @@ def _interrupt(thread):
         time.sleep(0.05)
 
 
-def _enqueue(run, *, made_thread):
+def _enqueue(run, *, made_thread, follow_up=None):
     """Announce the committed run (on its own stream and on its thread's) and send its task.
     When the broker is down the start is refused and saves nothing: the run's log gets its end,
     for a client already following it, and what the start committed is deleted again."""
     stream.emit(run.id, "run.status", status=run.status, error="", attempt=run.attempt)
-    stream.announce_run_started(run)
+    stream.announce_run_started(run, follow_up=follow_up)
     try:
         send_run_task(run.id)
     except Exception as exc:
         log.exception("run %s: could not enqueue", run.id)
-        if run_finish(run=run, status=Run.Status.FAILED, error=f"could not queue the run: {exc}"):
+        error = f"could not queue the run: {exc}"
+        if run_finish(run=run, status=Run.Status.FAILED, error=error, start_next=False):
             with transaction.atomic():
                 run.messages.all().delete()
                 run.delete()
@@ -305,10 +391,11 @@ def _usage(usage):
     }
 
 
-def run_finish(*, run, status, error="", where=None, usage=None):
+def run_finish(*, run, status, error="", where=None, usage=None, start_next=True):
     """Move the run to its terminal `status` if it is still active and matches `where` (a
     worker passes its attempt, so a reaped attempt cannot finish the run again), then announce
-    it. Returns whether this call ended the run."""
+    it and, once committed, start the thread's next follow-up (unless not `start_next`: a start
+    the queue refused, which is taken back). Returns whether this call ended the run."""
     changes = {"status": status, "error": error[:2000], "finished": timezone.now()}
     if status == Run.Status.STOPPED:
         changes["stop_requested"] = run.stop_requested or timezone.now()
@@ -327,6 +414,9 @@ def run_finish(*, run, status, error="", where=None, usage=None):
     # its run) must not append. Only the append itself, one atomic Redis step, can decide both.
     stream.emit(run.pk, "run.status", status=status, error=run.error, attempt=run.attempt)
     stream.retain(run.pk, run.owner_id)
+    if start_next:
+        thread_id = run.thread_id
+        transaction.on_commit(lambda: follow_ups_start(thread_id=thread_id))
     return True
 
 

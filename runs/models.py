@@ -254,3 +254,53 @@ class InputRequest(models.Model):
             "reason": self.reason,
             "answer": self.answer,
         }
+
+
+class FollowUpQuerySet(models.QuerySet):
+    def pending(self):
+        return self.filter(status=FollowUp.Status.PENDING)
+
+
+class FollowUp(models.Model):
+    """A message sent while its thread was busy (`if_busy: "enqueue"`), held until the thread's
+    active run ends; then it starts its run (runs.lifecycle.follow_ups_start), its message
+    saved at that moment, so the conversation reads in order. It is not a Run while it waits:
+    the one-active-run-per-thread index and the per-user cap stay about runs."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        STARTED = "started"
+        FAILED = "failed"  # its start was refused for good (`error` says why)
+        CANCELLED = "cancelled"  # an interrupting start took the thread's queue
+
+    thread = models.ForeignKey(Thread, models.CASCADE, related_name="follow_ups")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="follow_ups")
+    kind = models.CharField(max_length=20)
+    trigger = models.CharField(max_length=10, default="api")
+    message = models.TextField()
+    # what the kind keeps of the start's details, as JSON (runs.kinds.Kind.keep)
+    details = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    # the run it started; null again if the queue refused that run (its start takes it back)
+    run = models.OneToOneField(
+        Run, models.SET_NULL, null=True, blank=True, related_name="follow_up"
+    )
+    # why its last start did not happen: the reaper's pass tries a pending one again
+    error = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    objects = FollowUpQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]  # the order they were sent in, and will start in
+        indexes = [models.Index(fields=["thread", "status"], name="follow_up_thread_status")]
+
+    def __str__(self):
+        return f"Follow-up {self.pk} ({self.status})"
+
+    @property
+    def position(self):
+        """1 for the next to start on its thread; None once it is no longer pending."""
+        if self.status != self.Status.PENDING:
+            return None
+        return FollowUp.objects.pending().filter(thread_id=self.thread_id, pk__lte=self.pk).count()

@@ -20,12 +20,18 @@ def error(description):
 
 
 THREAD_BUSY = error(
-    '`thread_busy`: the thread has an active run (start with `"if_busy": "interrupt"` to stop it'
-    " first)."
+    '`thread_busy`: the thread has an active run or queued messages (start with `"if_busy":'
+    ' "interrupt"` to stop it first, or `"enqueue"` to queue the message after it).'
 )
 TOO_MANY_RUNS = error("`too_many_runs`: you have as many active runs as allowed.")
 QUEUE_UNAVAILABLE = error("`queue_unavailable`: the run queue cannot be reached; retry shortly.")
+TOO_MANY_RUNS_OR_FOLLOW_UPS = error(
+    "`too_many_runs`: you have as many active runs as allowed; `too_many_follow_ups`: the thread"
+    " has as many queued messages as allowed (RUN_FOLLOW_UPS_MAX)."
+)
 RUN_START_ERRORS = {409: THREAD_BUSY, 429: TOO_MANY_RUNS, 503: QUEUE_UNAVAILABLE}
+# a start that may queue its message (`if_busy: "enqueue"`: an agent run's)
+QUEUEING_START_ERRORS = {**RUN_START_ERRORS, 429: TOO_MANY_RUNS_OR_FOLLOW_UPS}
 
 VALIDATION_ERROR = {
     "type": "object",

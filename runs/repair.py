@@ -1,7 +1,8 @@
 """What the reaper (a beat task every RUN_REAPER_SECONDS) sets right after a process died at a
 bad moment: a running run whose worker was lost (its partial reply salvaged from the event log,
 the run resumed by another worker, up to RUN_MAX_ATTEMPTS), a queued run whose task message was
-lost, an end that was never announced, and a wait nobody answered."""
+lost, an end that was never announced, a wait nobody answered, and a follow-up left pending on
+an idle thread (its start refused for a while, or its process died before starting it)."""
 
 import logging
 from datetime import timedelta
@@ -13,8 +14,8 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from . import stream
-from .lifecycle import end_parked, run_finish, send_run_task
-from .models import InputRequest, Message, Run
+from .lifecycle import end_parked, follow_ups_start, run_finish, send_run_task
+from .models import FollowUp, InputRequest, Message, Run
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ def runs_reap():
     _announce_ends(now)
     _requeue_unclaimed(now)
     _expire_waits(now)
+    _start_follow_ups()
     reaped = 0
     for run in Run.objects.lapsed(now):
         # Take the lapsed lease first: reapers queued up while no worker was alive run at once,
@@ -70,6 +72,15 @@ def _resume(run, now):
     except Exception as exc:  # the broker is down: the unclaimed pass sends it later
         log.warning("run %s: could not enqueue it again: %s", run.pk, exc)
     return True
+
+
+def _start_follow_ups():
+    """Start the next follow-up of each thread that has one pending and no active run: its
+    start was refused (the user had as many active runs as allowed, the queue was down), or
+    the process that ended the run before it died before starting it."""
+    idle = FollowUp.objects.pending().exclude(thread__runs__status__in=Run.ACTIVE)
+    for thread_id in idle.order_by().values_list("thread_id", flat=True).distinct()[:500]:
+        follow_ups_start(thread_id=thread_id)
 
 
 WAITING = Q(status=Run.Status.WAITING)

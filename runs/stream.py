@@ -205,13 +205,17 @@ def thread_channel(thread_id):
     return f"thread-{thread_id}"
 
 
-def announce_run_started(run):
+def announce_run_started(run, follow_up=None):
     """Tell the open streams of the run's thread (runs/events.py, thread_events) that it
     started: live only, on django-eventstream's pub/sub channel, so nothing is kept per thread
     in Redis. A stream that opens later learns of the run from the database, and so does one
-    whose listener lost the pub/sub connection (it reads the database again)."""
+    whose listener lost the pub/sub connection (it reads the database again). A run that a
+    queued message (`follow_up`, its id) started says which."""
     channel = thread_channel(run.thread_id)
-    payload = json.dumps({"run": str(run.id), "thread": run.thread_id})
+    started = {"run": str(run.id), "thread": run.thread_id}
+    if follow_up:
+        started["follow_up"] = follow_up
+    payload = json.dumps(started)
     fields = (channel, "run.started", payload, None)  # no id: the thread stream keeps no log
     message = json.dumps(dict(zip(eventstream.MESSAGE_FIELDS, fields, strict=True)))
     try:

@@ -3,7 +3,9 @@
 // mid-run rebuilds the reply being written from its deltas; messages the server already
 // rendered (data-message) ignore theirs. A run that waits for a person shows what it asks as a
 // card by the tool call (chats/_request.html), answered through the API; its record replaces
-// the card when the answer is on the stream, from this tab or any other.
+// the card when the answer is on the stream, from this tab or any other. A message sent while a
+// run is active (and "Interrupt" is not ticked) is queued on the server (if_busy "enqueue") and
+// shown as queued until the thread's stream tells of the run it started.
 (function () {
   "use strict";
 
@@ -18,9 +20,12 @@
   const interruptLabel = composer.querySelector(".interrupt");
   const sendButton = document.getElementById("send");
   const stopButton = document.getElementById("stop");
+  const followUpsBox = document.getElementById("follow-ups");
   const { followRun, post, errorText, TERMINAL } = window.Relay;
 
   let current = null; // {id, stream}
+  let sending = false;
+  const startedFollowUps = new Set(); // told by the thread's stream: no longer shown as queued
 
   // the user's MCP tools by the model's name for them (agents.views.tool_server_map)
   const known = JSON.parse(document.getElementById("relay-tool-servers").textContent);
@@ -43,9 +48,34 @@
   }
 
   function updateComposer() {
-    const blocked = current !== null && !interrupt.checked;
-    sendButton.disabled = blocked;
-    textarea.disabled = blocked;
+    sendButton.disabled = sending;
+    sendButton.textContent = current !== null && !interrupt.checked ? "Queue" : "Send";
+  }
+
+  // The queued messages, as the server has them (GET .../follow-ups/), less those the stream
+  // has told started meanwhile (the list may have been read just before).
+  function showFollowUps(list) {
+    followUpsBox.replaceChildren(
+      ...list.filter((f) => !startedFollowUps.has(f.follow_up)).map(followUpNode),
+    );
+  }
+
+  function followUpNode(followUp) {
+    const node = fromTemplate("follow-up-template");
+    node.dataset.followUp = followUp.follow_up;
+    node.querySelector(".follow-up-text").textContent = followUp.message;
+    return node;
+  }
+
+  async function syncFollowUps() {
+    const response = await fetch(`/api/threads/${threadId}/follow-ups/`, { credentials: "same-origin" });
+    if (response.ok) showFollowUps((await response.json()).results);
+  }
+
+  function followUpStarted(id) {
+    startedFollowUps.add(id);
+    const node = followUpsBox.querySelector(`[data-follow-up="${id}"]`);
+    if (node) node.remove();
   }
 
   function element(tag, className, text) {
@@ -332,20 +362,30 @@
   async function send() {
     const text = textarea.value;
     if (!text.trim()) return;
-    const body = { message: text, if_busy: interrupt.checked ? "interrupt" : "reject" };
-    sendButton.disabled = true;
+    // on a busy thread the message waits its turn, unless it is to interrupt (an idle thread
+    // starts it at once either way)
+    const body = { message: text, if_busy: interrupt.checked ? "interrupt" : "enqueue" };
+    sending = true;
+    updateComposer();
     let result;
     try {
       result = await post(`/api/threads/${threadId}/runs/`, body);
     } catch (_) {
       showNotice("Could not reach the server; your message was not sent.");
+      sending = false;
       updateComposer();
       return;
     }
+    sending = false;
     const { response, data } = result;
-    if (response.status === 202) {
+    if (response.status === 202 && data.follow_up) {
       showNotice("");
       textarea.value = "";
+      if (!startedFollowUps.has(data.follow_up)) followUpsBox.append(followUpNode(data));
+    } else if (response.status === 202) {
+      showNotice("");
+      textarea.value = "";
+      if (body.if_busy === "interrupt") syncFollowUps().catch(() => {}); // it cancelled them
       await adopt(data.id);
     } else if (response.status === 409) {
       showNotice(`${data.detail} Tick “Interrupt the current run” to stop it and send.`);
@@ -398,9 +438,14 @@
   const THREAD_RETRY_MS = [1000, 60000]; // the first wait, and the longest
   function watchThread(wait) {
     const source = new EventSource(`/api/threads/${threadId}/events/`);
-    source.addEventListener("run.started", (event) => adopt(JSON.parse(event.data).run));
+    source.addEventListener("run.started", (event) => {
+      const started = JSON.parse(event.data);
+      if (started.follow_up) followUpStarted(started.follow_up);
+      adopt(started.run);
+    });
     source.onopen = () => {
       wait = THREAD_RETRY_MS[0];
+      syncFollowUps().catch(() => {}); // what started or was queued while it was closed
       const idle = () => !current && !adopting; // else the run's own reload is under way
       if (idle()) reload(idle).catch(() => {});
     };

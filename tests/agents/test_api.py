@@ -204,6 +204,63 @@ def test_it_interrupts_a_queued_run_when_asked(alice_api, thread):
     assert Run.objects.get(pk=r.data["id"]).status == Run.Status.QUEUED
 
 
+def test_it_queues_a_message_on_a_busy_thread_when_asked(
+    alice_api, thread, django_capture_on_commit_callbacks
+):
+    first = start(alice_api, thread).data["id"]
+    answers = [start(alice_api, thread, message=m, if_busy="enqueue") for m in ["two", "three"]]
+    assert [r.status_code for r in answers] == [202, 202]
+    assert [(r.data["position"], r.data["status"], r.data["run"]) for r in answers] == [
+        (1, "pending", None),
+        (2, "pending", None),
+    ]
+    assert answers[0].data["message"] == "two"
+    listed = alice_api.get(f"/api/threads/{thread.pk}/follow-ups/").data["results"]
+    assert [f["follow_up"] for f in listed] == [r.data["follow_up"] for r in answers]
+    assert Run.objects.count() == 1
+    with django_capture_on_commit_callbacks(execute=True):  # the stop's end starts the next
+        assert alice_api.post(f"/api/runs/{first}/stop/").status_code == 202
+    [pending] = alice_api.get(f"/api/threads/{thread.pk}/follow-ups/").data["results"]
+    assert (pending["follow_up"], pending["position"]) == (answers[1].data["follow_up"], 1)
+    active = alice_api.get(f"/api/threads/{thread.pk}/").data["active_run"]
+    assert Run.objects.get(pk=active).follow_up.pk == answers[0].data["follow_up"]
+    messages = alice_api.get(f"/api/threads/{thread.pk}/messages/").data["results"]
+    assert [(m["content"], str(m["run"])) for m in messages] == [
+        ("Hello", first),
+        ("two", active),
+    ]
+
+
+def test_it_starts_at_once_when_asked_to_queue_on_an_idle_thread(alice_api, thread):
+    r = start(alice_api, thread, if_busy="enqueue")
+    assert r.status_code == 202
+    assert r.data["status"] == "queued"
+    assert r.data["events_url"] == f"/api/runs/{r.data['id']}/events/"
+
+
+def test_it_caps_the_messages_queued_on_a_thread(alice_api, thread, settings):
+    settings.RUN_FOLLOW_UPS_MAX = 2
+    start(alice_api, thread)
+    codes = [start(alice_api, thread, if_busy="enqueue").status_code for _ in range(3)]
+    assert codes == [202, 202, 429]
+    r = start(alice_api, thread, if_busy="enqueue")
+    assert r.data["code"] == "too_many_follow_ups"
+    assert "RUN_FOLLOW_UPS_MAX" in r.data["detail"]
+
+
+def test_it_refuses_to_queue_on_another_users_thread(alice_api, bob_api, thread):
+    start(alice_api, thread)
+    assert start(bob_api, thread, if_busy="enqueue").status_code == 404
+    assert bob_api.get(f"/api/threads/{thread.pk}/follow-ups/").status_code == 404
+    assert not thread.follow_ups.exists()
+
+
+def test_it_refuses_an_unknown_busy_policy(alice_api, thread):
+    r = start(alice_api, thread, if_busy="queue")
+    assert r.status_code == 400
+    assert "if_busy" in r.data
+
+
 def test_it_caps_active_runs_per_user(alice, alice_api, settings):
     settings.RUN_MAX_ACTIVE_PER_USER = 2
     threads = [create_thread(owner=alice, agent=alice.agents.get()) for _ in range(3)]

@@ -102,12 +102,12 @@ def test_it_logs_in_starts_a_chat_and_streams_the_reply(page, alice):
     assert len(reply.inner_text()) > first, "the reply does not grow"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "chat-mid-stream.png", full_page=True)
-    expect(page.locator("#composer textarea")).to_be_disabled()
+    expect(page.locator("#send")).to_have_text("Queue")  # a message now waits for the reply
     expect(status(page)).to_have_text("completed")
     saved = Message.objects.filter(role="assistant").get()
     assert reply.inner_text().strip() == saved.content
     expect(page.locator('[data-role="usage"]').last).to_contain_text("out tokens")
-    expect(page.locator("#composer textarea")).to_be_enabled()
+    expect(page.locator("#send")).to_have_text("Send")
     page.click("text=Chats")
     expect(page.locator(".threads li")).to_contain_text("Tell me about streams")
 
@@ -360,9 +360,9 @@ def test_it_interrupts_the_active_run_when_the_person_asks(page, alice):
     thread = open_chat(page, alice)
     send(page, "First question")
     expect(streaming(page)).to_have_class("message assistant streaming")
-    expect(page.locator("#composer textarea")).to_be_disabled()
+    expect(page.locator("#send")).to_have_text("Queue")
     page.check("input[name=interrupt]")
-    expect(page.locator("#composer textarea")).to_be_enabled()
+    expect(page.locator("#send")).to_have_text("Send")
     send(page, "Second question")
     expect(page.locator("section.run").first.locator('[data-role="status"]')).to_have_text(
         "stopped"
@@ -416,7 +416,7 @@ def test_it_reloads_from_the_server_on_stream_reset(page, alice):
     assert streaming(page).inner_text().strip() == thread.messages.get(role="assistant").content
 
 
-def test_it_shows_a_busy_thread_on_the_page(page, alice):
+def test_it_queues_a_message_on_a_thread_busy_elsewhere(page, alice):
     pace(alice, words=1000, delay_ms=30)
     thread = create_thread(owner=alice, agent=alice.agents.get())
     # hold the thread's stream, so the page does not know of the run started elsewhere
@@ -425,11 +425,40 @@ def test_it_shows_a_busy_thread_on_the_page(page, alice):
     run = services.agent_start(user=alice, thread=thread, message="Started elsewhere")
     try:
         send(page, "Me too")
-        expect(page.locator("#notice")).to_contain_text("Tick “Interrupt the current run”")
-        page.errors[:] = [e for e in page.errors if "409" not in e]  # the browser logs the 409
+        expect(page.locator("#follow-ups .message.user.queued")).to_contain_text("Me too")
+        expect(page.locator("#notice")).to_be_hidden()
+        assert thread.follow_ups.pending().get().message == "Me too"
     finally:
+        thread.follow_ups.all().delete()
         lifecycle.run_stop(run=run)
         wait_for_status(run.pk, Run.TERMINAL)
+
+
+def test_a_message_sent_during_a_reply_runs_after_it_in_order(page, alice):
+    pace(alice, words=30, delay_ms=60)
+    thread = open_chat(page, alice)
+    send(page, "First question")
+    expect(streaming(page)).to_have_class("message assistant streaming")
+    send(page, "Second question")
+    send(page, "Third question")
+    queued = page.locator("#follow-ups .message.user.queued")
+    expect(queued).to_have_count(2)
+    expect(queued.first).to_contain_text("Second question")
+    expect(page.locator("section.run")).to_have_count(1)  # they wait for the reply
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "chat-queued.png", full_page=True)
+    expect(page.locator("section.run")).to_have_count(3, timeout=30_000)
+    expect(queued).to_have_count(0)
+    expect(status(page)).to_have_text("completed", timeout=30_000)
+    runs = list(thread.runs.order_by("created"))
+    assert [r.status for r in runs] == [Run.Status.COMPLETED] * 3
+    texts = page.locator("#runs .message.user").all_inner_texts()
+    assert texts == ["First question", "Second question", "Third question"]
+    saved = list(thread.messages.order_by("position").values_list("role", flat=True))
+    assert saved == ["user", "assistant"] * 3
+    for section, run in zip(page.locator("section.run").all(), runs, strict=True):
+        reply = thread.messages.get(run=run, role="assistant").content
+        assert section.locator(".message.assistant").inner_text().strip() == reply
 
 
 def test_it_runs_a_workflow_from_its_form(page, alice):
@@ -485,7 +514,7 @@ def test_it_asks_to_approve_a_tool_call_and_goes_on_once_approved(page, alice):
     expect(card.locator("textarea[name=arguments]")).to_have_value('{"expression": "6*7"}')
     expect(status(page)).to_have_text("waiting")
     expect(page.locator("details.tool .tool-state")).to_have_text("waiting")
-    expect(page.locator("#composer textarea")).to_be_disabled()  # the run is active
+    expect(page.locator("#send")).to_have_text("Queue")  # the run is active
     expect(page.locator("#stop")).to_be_visible()
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "chat-approval.png", full_page=True)
