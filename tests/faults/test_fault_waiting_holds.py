@@ -13,7 +13,12 @@ from runs.models import Run
 
 from conftest import at_scale, bearer, new_thread, start, start_live, wait_for
 
-pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.faults,
+    pytest.mark.e2e,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.timeout(at_scale(180, 600)),  # the large counts take minutes, not hours
+]
 
 RUNS = at_scale(20, 200)
 CONCURRENCY = 10  # the worker's threads: every run waits on one of these first

@@ -18,7 +18,12 @@ from runs.models import InputRequest, Message, Run
 from conftest import at_scale, bearer, new_thread, start, start_live, wait_for
 from sse import assert_no_silent_gap, follow, follow_resuming
 
-pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.faults,
+    pytest.mark.e2e,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.timeout(at_scale(180, 600)),  # the large counts take minutes, not hours
+]
 
 RUNS = at_scale(3, 50)
 CALC = '/tool calculator {"expression": "6*7"}'
@@ -45,6 +50,7 @@ def test_waiting_runs_resume_after_every_process_and_redis_restart(own_redis, tm
         get_user_model().objects.create_user(f"user{n}") for n in range(math.ceil(RUNS / per_user))
     ]
     headers = {user.pk: bearer(user) for user in users}
+    began = time.monotonic()
     processes = start_live(tmp_path, REDIS_URL=own_redis.url)
     processes.start_beat()
     try:
@@ -55,6 +61,7 @@ def test_waiting_runs_resume_after_every_process_and_redis_restart(own_redis, tm
             owners[start(processes, headers[user.pk], thread, CALC)] = user.pk
         waiting = Run.objects.filter(pk__in=owners, status=Run.Status.WAITING)
         wait_for(lambda: waiting.count() == RUNS, timeout=30, message="every run to wait")
+        took = {"waiting": time.monotonic() - began}
         # Each run's client has its stream up to the wait. Half of them keep following it
         # through the restarts (reconnecting while the web process is away); the others went
         # away at the wait and come back after the approval with the last id they had.
@@ -71,18 +78,23 @@ def test_waiting_runs_resume_after_every_process_and_redis_restart(own_redis, tm
 
         with ThreadPoolExecutor(len(owners)) as pool:
             following = {run: pool.submit(resume, run) for run in list(owners)[::2]}
+            took["followed"] = time.monotonic() - began
             processes.stop_all()
+            took["stopped"] = time.monotonic() - began
             own_redis.kill()
             own_redis.start()  # empty: it keeps nothing on disk
             assert redis.Redis(port=own_redis.port).dbsize() == 0
             processes.start_worker()
             processes.start_beat()
             processes.start_web()
+            took["restarted"] = time.monotonic() - began
             for run, user in owners.items():
                 approve(processes, headers[user], run)
             streams = {run: future.result() for run, future in following.items()}
+            took["approved, followed"] = time.monotonic() - began
         for run in owners.keys() - following.keys():
             streams[run] = resume(run)
+        took["came back"] = time.monotonic() - began
     finally:
         processes.stop_all()
 
@@ -101,5 +113,6 @@ def test_waiting_runs_resume_after_every_process_and_redis_restart(own_redis, tm
         continued += after[-1].type != "stream-reset"
     print(
         f"{RUNS} waiting runs through a restart of web, worker, beat and Redis: all completed;"
-        f" every client got a stream-reset, {continued} then the rest live, none a silent gap"
+        f" every client got a stream-reset, {continued} then the rest live, none a silent gap;"
+        f" seconds from the start: {', '.join(f'{k} {v:.1f}' for k, v in took.items())}"
     )
