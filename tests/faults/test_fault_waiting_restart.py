@@ -50,6 +50,10 @@ def test_waiting_runs_resume_after_every_process_and_redis_restart(own_redis, tm
         get_user_model().objects.create_user(f"user{n}") for n in range(math.ceil(RUNS / per_user))
     ]
     headers = {user.pk: bearer(user) for user in users}
+    # one client for all: an httpx client made per connection costs milliseconds of CPU (its
+    # SSL context), which followers reconnecting while the web process is away would take from
+    # the processes starting again
+    http = httpx.Client(limits=httpx.Limits(max_connections=None, max_keepalive_connections=0))
     began = time.monotonic()
     processes = start_live(tmp_path, REDIS_URL=own_redis.url)
     processes.start_beat()
@@ -67,14 +71,13 @@ def test_waiting_runs_resume_after_every_process_and_redis_restart(own_redis, tm
         # away at the wait and come back after the approval with the last id they had.
         deadline = time.monotonic() + at_scale(60, 120)
         had = {
-            run: follow(processes.base_url, run, headers[user], until=is_waiting)
+            run: follow(processes.base_url, run, headers[user], until=is_waiting, client=http)
             for run, user in owners.items()
         }
 
         def resume(run):
-            return follow_resuming(
-                processes.base_url, run, headers[owners[run]], deadline, received=had[run]
-            )
+            return follow_resuming(processes.base_url, run, headers[owners[run]], deadline,
+                                   client=http, received=had[run])  # fmt: skip
 
         with ThreadPoolExecutor(len(owners)) as pool:
             following = {run: pool.submit(resume, run) for run in list(owners)[::2]}
@@ -84,19 +87,20 @@ def test_waiting_runs_resume_after_every_process_and_redis_restart(own_redis, tm
             own_redis.kill()
             own_redis.start()  # empty: it keeps nothing on disk
             assert redis.Redis(port=own_redis.port).dbsize() == 0
+            processes.start_web()  # first: it must be listening within 20 s
             processes.start_worker()
             processes.start_beat()
-            processes.start_web()
             took["restarted"] = time.monotonic() - began
             for run, user in owners.items():
                 approve(processes, headers[user], run)
             streams = {run: future.result() for run, future in following.items()}
             took["approved, followed"] = time.monotonic() - began
-        for run in owners.keys() - following.keys():
-            streams[run] = resume(run)
+            for run in owners.keys() - following.keys():
+                streams[run] = resume(run)
         took["came back"] = time.monotonic() - began
     finally:
         processes.stop_all()
+        http.close()
 
     continued = 0
     for run_id, events in streams.items():
