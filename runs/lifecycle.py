@@ -311,15 +311,16 @@ def run_respond(*, run, request, approve=None, arguments=None, reason="", answer
                 f"This request is not pending (it is {found.status}; the run is {run.status})."
             )
         _decide(found, approve=approve, arguments=arguments, reason=reason, answer=answer)
-        transaction.on_commit(
-            lambda: stream.emit(run.pk, "input.resolved", request=found.decision())
-        )
         if not run.requests.filter(status=InputRequest.Status.PENDING).exists():
             # `requeued`: the reaper gives its task the usual time before sending it again
             now = timezone.now()
             Run.objects.filter(pk=run.pk).update(status=Run.Status.QUEUED, requeued=now)
             run.status = Run.Status.QUEUED
             transaction.on_commit(lambda: _wake(run))
+        # Announced with the row still locked, as end_parked announces its cancellations, and
+        # not on commit: a stop waiting for the lock would end the run first, and its closed log
+        # would refuse the decision, which the database keeps.
+        stream.emit(run.pk, "input.resolved", request=found.decision())
     return run
 
 

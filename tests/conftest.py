@@ -111,8 +111,9 @@ def bob_api(bob):
     return client_for(bob)
 
 
-def start_live(tmp, **env):
-    """Web and worker processes on the test database (stop them with stop_all())."""
+def start_live(tmp, worker_env=None, **env):
+    """Web and worker processes on the test database (stop them with stop_all()); `worker_env`:
+    variables for the worker only."""
     # Short leases so a killed worker's run is reaped within seconds, not a minute.
     processes = Live(
         tmp,
@@ -127,7 +128,7 @@ def start_live(tmp, **env):
         },
     )
     processes.start_web()
-    processes.start_worker()
+    processes.start_worker(env=worker_env)
     return processes
 
 

@@ -38,11 +38,13 @@ class Live:
         self.logs = tmp
         self.processes = {}
 
-    def start(self, name, *args):
+    def start(self, name, *args, env=None):
+        """`env`: variables for this process only, over the others'."""
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
         self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", *args], cwd=ROOT, env=self.env, stdout=log, stderr=log
-        )
+            [sys.executable, "-m", *args], cwd=ROOT, env={**self.env, **(env or {})},
+            stdout=log, stderr=log,
+        )  # fmt: skip
         return self.processes[name]
 
     def start_web(self, processes=1):
@@ -66,9 +68,9 @@ class Live:
                 time.sleep(0.1)
         raise RuntimeError(f"the web process did not start: see {self.logs / 'web.log'}")
 
-    def start_worker(self, name="worker"):
+    def start_worker(self, name="worker", env=None):
         return self.start(name, "celery", "-A", "config", "worker", "-Q", "runs,default",
-                          "-n", f"{name}-{os.getpid()}@%h", "-l", "warning")  # fmt: skip
+                          "-n", f"{name}-{os.getpid()}@%h", "-l", "warning", env=env)  # fmt: skip
 
     def start_beat(self):
         return self.start("beat", "celery", "-A", "config", "beat", "-l", "warning",
