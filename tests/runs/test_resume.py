@@ -22,6 +22,15 @@ from conftest import logged, new_thread, wait_for
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
+def executing(run, until=None, message="a delta"):
+    """Execute `run` in a thread of this process (the worker to lose), until `until()` (by
+    default: its reply is streaming); the thread."""
+    worker = threading.Thread(target=loop.execute, args=(run.pk,))
+    worker.start()
+    wait_for(until or (lambda: "message.delta" in [k for _, k, _ in logged(run)]), message=message)
+    return worker
+
+
 def lose_the_worker(run, worker_thread):
     """The worker stops renewing the run's lease (a process frozen past it: it will ask the
     database before it writes again), the reaper passes, and the thread the lost attempt ran in
@@ -46,9 +55,7 @@ def test_a_lost_attempts_half_reply_is_kept_and_the_next_attempt_answers_whole(
     thread = new_thread(alice, words=400, delay_ms=10)
     run = services.agent_start(user=alice, thread=thread, message="Tell me something")
     no_queue.sent.clear()
-    worker = threading.Thread(target=loop.execute, args=(run.pk,))
-    worker.start()
-    wait_for(lambda: "message.delta" in [k for _, k, _ in logged(run)], message="a delta")
+    worker = executing(run)
     assert lose_the_worker(run, worker) == 0  # resumed, not failed
     run.refresh_from_db()
     assert (run.status, run.resumes) == (Run.Status.QUEUED, 1)
@@ -101,9 +108,7 @@ def test_calls_a_lost_worker_left_without_results_are_made_again_only_if_they_on
     message = '/tool calculator {"expression": "6*7"}\n/tool send'
     run = services.agent_start(user=alice, thread=thread, message=message)
     no_queue.sent.clear()
-    worker = threading.Thread(target=loop.execute, args=(run.pk,))
-    worker.start()
-    wait_for(lambda: len(calls) == 2, message="both calls to start")
+    worker = executing(run, lambda: len(calls) == 2, "both calls to start")
     lose_the_worker(run, worker)  # the lost thread leaves its calls behind
     release.set()  # and they end, unheard
     no_queue.run()
@@ -124,10 +129,8 @@ def test_a_finished_tool_result_is_kept_and_its_call_not_made_again(
     thread = new_thread(alice, tools=["send"], words=300, delay_ms=10)
     run = services.agent_start(user=alice, thread=thread, message="/tool send")
     no_queue.sent.clear()
-    worker = threading.Thread(target=loop.execute, args=(run.pk,))
-    worker.start()
     # the result is saved, and the model's reply after it is streaming when the worker is lost
-    wait_for(lambda: [k for _, k, _ in logged(run)].count("message.delta") > 0, message="reply")
+    worker = executing(run)
     lose_the_worker(run, worker)
     no_queue.run()
     run.refresh_from_db()
@@ -160,9 +163,7 @@ def test_a_lost_run_whose_stop_was_asked_ends_stopped(alice, no_queue, settings)
     thread = new_thread(alice, words=1000, delay_ms=10)
     run = services.agent_start(user=alice, thread=thread, message="Hi")
     no_queue.sent.clear()
-    worker = threading.Thread(target=loop.execute, args=(run.pk,))
-    worker.start()
-    wait_for(lambda: "message.delta" in [k for _, k, _ in logged(run)], message="a delta")
+    worker = executing(run)
     Run.objects.filter(pk=run.pk).update(stop_requested=timezone.now())  # the flag never came
     lose_the_worker(run, worker)
     run.refresh_from_db()
@@ -177,9 +178,7 @@ def test_a_worker_shutting_down_hands_its_runs_back_for_another_to_resume(
     thread = new_thread(alice, words=400, delay_ms=10)
     run = services.agent_start(user=alice, thread=thread, message="Tell me something")
     no_queue.sent.clear()
-    worker = threading.Thread(target=loop.execute, args=(run.pk,))
-    worker.start()
-    wait_for(lambda: "message.delta" in [k for _, k, _ in logged(run)], message="a delta")
+    worker = executing(run)
     loop.worker.hand_back()  # what a SIGTERM does (runs.tasks.hand_back_runs)
     worker.join(5)
     assert not worker.is_alive()  # at once, not at the end of the reply
@@ -206,9 +205,7 @@ def test_a_stop_asked_before_the_shutdown_stays_a_stop(alice, no_queue, monkeypa
     thread = new_thread(alice, words=400, delay_ms=10)
     run = services.agent_start(user=alice, thread=thread, message="Tell me something")
     no_queue.sent.clear()
-    worker = threading.Thread(target=loop.execute, args=(run.pk,))
-    worker.start()
-    wait_for(lambda: "message.delta" in [k for _, k, _ in logged(run)], message="a delta")
+    worker = executing(run)
     Run.objects.filter(pk=run.pk).update(stop_requested=timezone.now())  # its flag not yet seen
     loop.worker.hand_back()
     worker.join(5)
