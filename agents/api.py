@@ -21,6 +21,7 @@ from runs.api import (
     OwnedViewSet,
     RaceSafeWrites,
     RunSerializer,
+    within_message_limit,
 )
 from runs.models import FollowUp, Run, Thread
 
@@ -136,13 +137,7 @@ class RunStartSerializer(serializers.Serializer):
     )  # fmt: skip
 
     def validate_message(self, value):
-        size = len(value.encode())
-        if size > settings.RUN_MESSAGE_MAX_BYTES:
-            raise serializers.ValidationError(
-                f"Ensure this field has no more than {settings.RUN_MESSAGE_MAX_BYTES} bytes"
-                f" (it has {size})."
-            )
-        return value
+        return within_message_limit(value)
 
 
 class AgentViewSet(OwnedViewSet):

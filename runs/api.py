@@ -65,16 +65,19 @@ class RespondSerializer(serializers.Serializer):
                                    help_text="a question: the answer")  # fmt: skip
 
     def validate_arguments(self, value):
-        return _within_message_limit(value)
+        return within_message_limit(value)
 
     def validate_answer(self, value):
-        return _within_message_limit(value)
+        return within_message_limit(value)
 
 
-def _within_message_limit(value):
-    if value and len(value.encode()) > settings.RUN_MESSAGE_MAX_BYTES:
+def within_message_limit(value):
+    """`value`, unless it holds more bytes than a message may (RUN_MESSAGE_MAX_BYTES)."""
+    size = len(value.encode()) if value else 0
+    if size > settings.RUN_MESSAGE_MAX_BYTES:
         raise serializers.ValidationError(
-            f"Ensure this field has no more than {settings.RUN_MESSAGE_MAX_BYTES} bytes."
+            f"Ensure this field has no more than {settings.RUN_MESSAGE_MAX_BYTES} bytes"
+            f" (it has {size})."
         )
     return value
 
