@@ -439,9 +439,10 @@ def test_a_message_sent_during_a_reply_runs_after_it_in_order(page, alice):
     thread = open_chat(page, alice)
     send(page, "First question")
     expect(streaming(page)).to_have_class("message assistant streaming")
-    send(page, "Second question")
-    send(page, "Third question")
     queued = page.locator("#follow-ups .message.user.queued")
+    send(page, "Second question")
+    expect(queued).to_have_count(1)  # a person sends the next once this one shows
+    send(page, "Third question")
     expect(queued).to_have_count(2)
     expect(queued.first).to_contain_text("Second question")
     expect(page.locator("section.run")).to_have_count(1)  # they wait for the reply
