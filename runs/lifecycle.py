@@ -19,7 +19,7 @@ from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from . import kinds, stream
+from . import kinds, signals, stream
 from .errors import (
     QueueUnavailable,
     ServiceConflict,
@@ -46,6 +46,7 @@ def run_start(
     trigger=Run.Trigger.API,
     retry_of=None,
     follow_up=None,
+    options=None,
     **details,
 ):
     """Save the user's message (if any) and a queued run of `kind` (a name in runs.kinds), and
@@ -57,9 +58,12 @@ def run_start(
     (they go first). With no `thread`, a new one (called `title`) is made in the same
     transaction, so a refused start leaves none. A queue that refuses the run raises
     QueueUnavailable (from the commit of the outermost transaction) and leaves nothing saved.
-    `follow_up` is the pending FollowUp this start is (follow_ups_start)."""
+    `follow_up` is the pending FollowUp this start is (follow_ups_start). `options` are the
+    integrations' (runs.signals), given to run_starting and run_started."""
     kind = kinds.get(kind)
+    options = options or {}
     details = kind.check(user=user, thread=thread, **details)
+    signals.run_starting.send(Run, user=user, kind=kind.name, thread=thread, options=options)
     if thread and if_busy == "interrupt":
         _interrupt(thread)
     try:
@@ -98,6 +102,7 @@ def run_start(
             ).update(status=FollowUp.Status.STARTED, run=run, error=""):
                 raise FollowUpTaken
             kind.attach(run, made_thread=made_thread, **details)
+            signals.run_started.send(Run, run=run, options=options)
             if message:
                 thread.append_message(role="user", content=message, run=run)
             if not thread.title:
@@ -268,12 +273,15 @@ def run_wait(*, run, usage=None):
     longer this attempt's)."""
     changes = {"status": Run.Status.WAITING, "lease_owner": "", "lease_expires": None}
     changes.update(_usage(usage))
-    waiting = Run.objects.filter(
-        pk=run.pk, status=Run.Status.RUNNING, attempt=run.attempt, lease_owner=run.lease_owner,
-        stop_requested=None,
-    ).update(**changes)  # fmt: skip
+    with transaction.atomic():
+        waiting = Run.objects.filter(
+            pk=run.pk, status=Run.Status.RUNNING, attempt=run.attempt,
+            lease_owner=run.lease_owner, stop_requested=None,
+        ).update(**changes)  # fmt: skip
+        if waiting:
+            run.status = Run.Status.WAITING
+            signals.run_waiting.send(Run, run=run)
     if waiting:
-        run.status = Run.Status.WAITING
         stream.emit(run.pk, "run.status", status=run.status, error="", attempt=run.attempt)
     return bool(waiting)
 
@@ -400,14 +408,17 @@ def run_finish(*, run, status, error="", where=None, usage=None, start_next=True
     changes = {"status": status, "error": error[:2000], "finished": timezone.now()}
     if status == Run.Status.STOPPED:
         changes["stop_requested"] = run.stop_requested or timezone.now()
-    if not Run.objects.active().filter(where or Q(), pk=run.pk).update(**changes, **_usage(usage)):
-        return False
-    for field, value in changes.items():
-        setattr(run, field, value)
-    if usage:
-        run.input_tokens, run.output_tokens = Run.objects.values_list(
-            "input_tokens", "output_tokens"
-        ).get(pk=run.pk)
+    with transaction.atomic():
+        ended = Run.objects.active().filter(where or Q(), pk=run.pk)
+        if not ended.update(**changes, **_usage(usage)):
+            return False
+        for field, value in changes.items():
+            setattr(run, field, value)
+        if usage:
+            run.input_tokens, run.output_tokens = Run.objects.values_list(
+                "input_tokens", "output_tokens"
+            ).get(pk=run.pk)
+        signals.run_ended.send(Run, run=run)
     # The row count makes this the one call that ended the run, but the log keeps a guard of its
     # own (the "ended" key its append script checks, in stream.py): the reaper also announces
     # ends, of runs whose process died before this emit, and cannot tell a dead process from a
