@@ -204,6 +204,12 @@ RUN_EVENTS_MAXLEN = env_int("RUN_EVENTS_MAXLEN", 10_000)  # events kept per run 
 RUN_EVENTS_RETENTION = env_int("RUN_EVENTS_RETENTION", 3600)  # seconds a log lives after its run
 RUN_EVENTS_MAX_BYTES = env_int("RUN_EVENTS_MAX_BYTES", 1024 * 1024)  # a run log's cap (oldest go)
 RUN_EVENTS_RETAINED_PER_USER = env_int("RUN_EVENTS_RETAINED_PER_USER", 20)  # ended runs' logs kept
+# Idempotency-Key on starts (runs/idempotency.py): seconds a key's answer is replayed (then
+# purged), seconds a request waits for the answer of one in progress with its key (then 409),
+# seconds after which a claim with no run is taken to be a dead process's, and taken over.
+IDEMPOTENCY_KEY_TTL = env_int("IDEMPOTENCY_KEY_TTL", 24 * 3600)
+IDEMPOTENCY_KEY_WAIT = env_float("IDEMPOTENCY_KEY_WAIT", 10)
+IDEMPOTENCY_KEY_STALE = env_float("IDEMPOTENCY_KEY_STALE", 300)
 SSE_KEEPALIVE_SECONDS = env_float("SSE_KEEPALIVE_SECONDS", 15)
 SSE_MAX_STREAMS_PER_USER = env_int("SSE_MAX_STREAMS_PER_USER", 50)  # open streams (429 above)
 # Pushpin's control URL (e.g. http://127.0.0.1:5561): GRIP mode, docs/deploy.md
@@ -265,6 +271,7 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULER = "scheduling.beat:Scheduler"  # DatabaseScheduler, safe against deletes
 CELERY_BEAT_SCHEDULE = {
     "reap-runs": {"task": "runs.tasks.reap_runs_task", "schedule": RUN_REAPER_SECONDS},
+    "purge-idempotency-keys": {"task": "runs.tasks.purge_idempotency_keys_task", "schedule": 600},
 }
 CELERY_TIMEZONE = "UTC"
 

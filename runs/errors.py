@@ -35,3 +35,13 @@ class TooManyFollowUps(ServiceError):
 class QueueUnavailable(ServiceError):
     status = 503
     code = "queue_unavailable"
+
+
+class IdempotencyKeyReused(ServiceError):
+    status = 422
+    code = "idempotency_key_reused"
+
+
+class IdempotencyKeyInProgress(ServiceError):
+    status = 409
+    code = "idempotency_key_in_progress"

@@ -3,7 +3,7 @@ from celery.exceptions import Reject
 from celery.signals import worker_shutting_down
 from django.conf import settings
 
-from . import loop, repair
+from . import idempotency, loop, repair
 from .worker import worker
 
 
@@ -21,6 +21,11 @@ def execute_run_task(run_id):
 @shared_task
 def reap_runs_task():
     return repair.runs_reap()
+
+
+@shared_task
+def purge_idempotency_keys_task():
+    return idempotency.keys_purge()
 
 
 @worker_shutting_down.connect
