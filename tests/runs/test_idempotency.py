@@ -10,7 +10,6 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from agents.models import create_thread
 from runs import idempotency, signals
 from runs.models import IdempotencyKey, Run
 from scheduling.models import Fire, Schedule
