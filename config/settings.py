@@ -210,6 +210,7 @@ RUN_EVENTS_RETAINED_PER_USER = env_int("RUN_EVENTS_RETAINED_PER_USER", 20)  # en
 IDEMPOTENCY_KEY_TTL = env_int("IDEMPOTENCY_KEY_TTL", 24 * 3600)
 IDEMPOTENCY_KEY_WAIT = env_float("IDEMPOTENCY_KEY_WAIT", 10)
 IDEMPOTENCY_KEY_STALE = env_float("IDEMPOTENCY_KEY_STALE", 300)
+RUN_BULK_MAX = env_int("RUN_BULK_MAX", 100)  # runs one bulk stop or retry acts on
 SSE_KEEPALIVE_SECONDS = env_float("SSE_KEEPALIVE_SECONDS", 15)
 SSE_MAX_STREAMS_PER_USER = env_int("SSE_MAX_STREAMS_PER_USER", 50)  # open streams (429 above)
 # Pushpin's control URL (e.g. http://127.0.0.1:5561): GRIP mode, docs/deploy.md
@@ -302,6 +303,8 @@ SPECTACULAR_SETTINGS = {
     "SCHEMA_PATH_PREFIX": "/api/",
     "OAS_VERSION": "3.1.0",  # JSON Schema 2020-12: the event stream's data can be described
     "COMPONENT_SPLIT_REQUEST": True,  # request bodies without the read-only fields
+    # a run's status, in runs and in the bulk actions' filter: one enum
+    "ENUM_NAME_OVERRIDES": {"RunStatusEnum": "runs.models.Run.Status"},
     "SERVE_INCLUDE_SCHEMA": False,
     # Public: the schema says no more than the README, and holds nothing of any user's.
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
