@@ -10,6 +10,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from config.celery import app as celery_app
 from runs import idempotency, signals
 from runs.models import IdempotencyKey, Run
 from scheduling.models import Fire, Schedule
@@ -116,6 +117,17 @@ def test_a_key_older_than_a_day_starts_a_new_run_and_is_purged(alice_api, workfl
     post(alice_api, url, {"inputs": {"a": 3}}, "fresh")
     assert idempotency.keys_purge() == 1
     assert list(IdempotencyKey.objects.values_list("key", flat=True)) == ["fresh"]
+
+
+def test_a_beat_entry_purges_the_expired_keys(alice, settings):
+    entry = settings.CELERY_BEAT_SCHEDULE["purge-idempotency-keys"]
+    old = timezone.now() - timedelta(hours=24, minutes=1)
+    for key, created in (("old", old), ("new", timezone.now())):
+        IdempotencyKey.objects.create(
+            owner=alice, scope="POST /api/x/", key=key, fingerprint="f", created=created
+        )
+    assert celery_app.tasks[entry["task"]]() == 1
+    assert list(IdempotencyKey.objects.values_list("key", flat=True)) == ["new"]
 
 
 @pytest.mark.parametrize("key", ["", "x" * 256, "caf\xe9", "tab\there", "nl\x7f"])
