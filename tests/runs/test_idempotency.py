@@ -6,10 +6,12 @@ import threading
 import time
 from datetime import timedelta
 
+import httpx
 import pytest
 from django.db import connection
 from django.utils import timezone
 
+from agents.models import create_thread
 from config.celery import app as celery_app
 from runs import idempotency, signals
 from runs.models import IdempotencyKey, Run
@@ -251,3 +253,30 @@ def test_requests_racing_with_one_key_start_one_run(alice, workflow, slow):
     assert len({a.content for a in answers}) == 1
     assert Run.objects.count() == 1
     assert IdempotencyKey.objects.get().run_id == Run.objects.get().pk
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_http_requests_racing_with_one_key_to_the_live_server_start_one_run(live, live_api, alice):
+    """The same race over HTTP, against the uvicorn process the deployment runs (ASGI: each
+    request's view in a thread of its own)."""
+    thread = create_thread(owner=alice, agent=alice.agents.get())
+    count = 4
+    url = f"{live.base_url}/api/threads/{thread.pk}/runs/"
+    headers = {**live_api, "Idempotency-Key": f"live-{thread.pk}"}
+    barrier, answers = threading.Barrier(count), [None] * count
+
+    def send(i):
+        barrier.wait(10)
+        answers[i] = httpx.post(url, json={"message": "Hi"}, headers=headers, timeout=30)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(a.status_code for a in answers) == [200] * (count - 1) + [202], [
+        a.text for a in answers
+    ]
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert Run.objects.filter(thread=thread).count() == 1
