@@ -7,7 +7,9 @@ the message's 3) and 40 output tokens."""
 import datetime as dt
 
 import pytest
+from django.test import Client
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from agents import services
 from agents.models import Agent, create_thread
@@ -269,3 +271,30 @@ def test_a_workflow_that_uses_up_the_budget_fails_before_its_next_agent_step(ali
     replies = run.messages.filter(role="assistant")
     assert replies.count() == 1 and replies.get().content  # step one's reply, kept
     assert DailyUsage.objects.get(owner=alice).input_tokens == run.input_tokens > 0
+
+
+def test_an_administrator_sets_a_users_budget_on_the_users_admin_page(alice, django_user_model):
+    admin = django_user_model.objects.create_superuser("root", password="root-password")
+    web = Client()
+    web.force_login(admin)
+    page = web.get(f"/admin/auth/user/{alice.pk}/change/")
+    assert page.status_code == 200
+    assert b"daily token budget" in page.content.lower()
+    form = {field: value for field, value in page.context["adminform"].form.initial.items()}
+    r = web.post(f"/admin/auth/user/{alice.pk}/change/", {
+        "username": "alice", "password": form["password"], "is_active": "on",
+        "date_joined_0": "2026-12-01", "date_joined_1": "10:00:00",
+        "token_budget-TOTAL_FORMS": "1", "token_budget-INITIAL_FORMS": "0",
+        "token_budget-0-daily_tokens": "5000",
+    })  # fmt: skip
+    assert r.status_code == 302, r.content
+    assert Budget.of(alice.pk) == 5000
+    assert web.get("/admin/usage/dailyusage/").status_code == 200
+
+
+def test_the_schema_documents_the_usage_and_the_budgets_refusal():
+    paths = APIClient().get("/api/schema/?format=json").json()["paths"]
+    assert set(paths["/api/usage/"]["get"]["responses"]) >= {"200", "400", "401"}
+    refused = paths["/api/threads/{id}/runs/"]["post"]["responses"]["429"]
+    assert "`budget_exceeded`" in refused["description"]
+    assert "Retry-After" in refused["headers"]
