@@ -37,7 +37,9 @@ class UsageQuerySerializer(serializers.Serializer):
             except OverflowError:
                 first = dt.date.min
         if first > last:
-            raise serializers.ValidationError({"from": ["Must be on or before `to`."]})
+            raise serializers.ValidationError(
+                {"from": ["Must be on or before `to` (today unless given)."]}
+            )
         if (last - first).days + 1 > MAX_DAYS:
             raise serializers.ValidationError(
                 {"from": [f"The range may span at most {MAX_DAYS} days."]}
