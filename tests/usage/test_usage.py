@@ -298,3 +298,18 @@ def test_the_schema_documents_the_usage_and_the_budgets_refusal():
     refused = paths["/api/threads/{id}/runs/"]["post"]["responses"]["429"]
     assert "`budget_exceeded`" in refused["description"]
     assert "Retry-After" in refused["headers"]
+
+
+def test_it_counts_the_tokens_of_an_attempt_handed_back_at_a_shutdown_once(alice, no_queue):
+    run = services.agent_start(user=alice, thread=new_thread(alice), message="Tell me something")
+    sent = no_queue.sent
+    no_queue.sent = []  # the start's task: the worker below claims the run instead
+    claimed = lifecycle.run_claim(run_id=run.pk, worker="worker-1")
+    assert lifecycle.run_hand_back(run=claimed, usage=(3, 4))  # its worker shut down
+    no_queue.sent = sent + no_queue.sent
+    no_queue.run()  # the next worker finishes it; the other message finds it ended
+    run.refresh_from_db()
+    assert run.status == Run.Status.COMPLETED and run.attempt == 2
+    assert (run.input_tokens, run.output_tokens) == (3 + 8, 4 + 40)
+    row = DailyUsage.objects.get(owner=alice)
+    assert (row.runs, row.input_tokens, row.output_tokens) == (1, 11, 44)
