@@ -5,8 +5,10 @@ answering "Tell me something" uses 8 input tokens (the Demo agent's 5 words of i
 the message's 3) and 40 output tokens."""
 
 import datetime as dt
+import importlib
 
 import pytest
+from django.apps import apps as django_apps
 from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -313,3 +315,16 @@ def test_it_counts_the_tokens_of_an_attempt_handed_back_at_a_shutdown_once(alice
     assert (run.input_tokens, run.output_tokens) == (3 + 8, 4 + 40)
     row = DailyUsage.objects.get(owner=alice)
     assert (row.runs, row.input_tokens, row.output_tokens) == (1, 11, 44)
+
+
+def test_the_migration_counts_the_runs_made_before_the_ledger(alice, bob, no_queue):
+    backfill = importlib.import_module("usage.migrations.0002_backfill").backfill
+    run_one(alice, no_queue)
+    run_one(alice, no_queue)
+    run_one(bob, no_queue)
+    kept = list(DailyUsage.objects.order_by("owner", "day", "agent_key").values())
+    DailyUsage.objects.all().delete()
+    backfill(django_apps, None)
+    rows = list(DailyUsage.objects.order_by("owner", "day", "agent_key").values())
+    assert [{**r, "id": 0} for r in rows] == [{**r, "id": 0} for r in kept]
+    assert [r["runs"] for r in rows] == [2, 1]
