@@ -53,22 +53,28 @@ class CountsSerializer(serializers.Serializer):
     output_tokens = serializers.IntegerField()
 
 
-class AgentUsageSerializer(CountsSerializer):
+# the fields of a base serializer come first, in the order of the bases
+class AgentFields(serializers.Serializer):
     agent = serializers.IntegerField(
         allow_null=True, help_text="the agent's id; null: runs of no agent"
     )
     name = serializers.CharField(help_text="its name (as last used, if it was deleted)")
 
-    class Meta:
-        fields = ["agent", "name", "runs", "input_tokens", "output_tokens"]
+
+class AgentUsageSerializer(AgentFields, CountsSerializer):
+    pass
 
 
 class UsageTotalsSerializer(CountsSerializer):
     agents = AgentUsageSerializer(many=True)
 
 
-class DayUsageSerializer(UsageTotalsSerializer):
+class DayField(serializers.Serializer):
     day = serializers.DateField()
+
+
+class DayUsageSerializer(DayField, UsageTotalsSerializer):
+    pass
 
 
 class UsageBudgetSerializer(serializers.Serializer):
