@@ -70,6 +70,7 @@ INSTALLED_APPS = [
     "agents",
     "workflows",
     "scheduling",
+    "usage",
 ]
 
 MIDDLEWARE = [
@@ -187,6 +188,9 @@ RUN_MAX_ACTIVE_PER_USER = env_int("RUN_MAX_ACTIVE_PER_USER", 10)
 RUN_FOLLOW_UPS_MAX = env_int("RUN_FOLLOW_UPS_MAX", 5)
 RUN_MESSAGE_MAX_BYTES = env_int("RUN_MESSAGE_MAX_BYTES", 32 * 1024)  # and workflow renders
 RUN_MAX_TURNS = env_int("RUN_MAX_TURNS", 8)
+# input + output tokens a user's runs may use per UTC day (0: no budget); a user's own budget,
+# set in the admin, overrides it (usage/models.py)
+RUN_DAILY_TOKEN_BUDGET = env_int("RUN_DAILY_TOKEN_BUDGET", 0)
 # attempts a run gets: one whose worker is lost is resumed by another until it has had them all
 RUN_MAX_ATTEMPTS = env_int("RUN_MAX_ATTEMPTS", 3)
 # seconds a run waits for a person's answer (an approval, a question) before it ends failed
@@ -316,5 +320,6 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "runs.openapi.complete_schema",
+        "usage.openapi.document_budget",
     ],
 }

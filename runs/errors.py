@@ -11,6 +11,10 @@ class ServiceError(Exception):
         self.message = message
         self.extra = extra  # more fields of the answer, such as the `field` or the `run` at fault
 
+    def headers(self):
+        """HTTP headers of the answer, such as a 429's Retry-After."""
+        return {}
+
 
 class ThreadBusy(ServiceError):
     status = 409

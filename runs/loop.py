@@ -15,7 +15,8 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Q
 
-from . import kinds, stream
+from . import kinds, signals, stream
+from .errors import ServiceError
 from .lifecycle import run_claim, run_finish, run_hand_back, run_wait
 from .models import Run
 from .worker import worker
@@ -153,6 +154,18 @@ class RunLoop:
                 input_tokens=self.input_tokens,
                 output_tokens=self.output_tokens,
             )
+
+    def turn_ended(self):
+        """A model turn ended and the run goes on: the integrations may end it instead
+        (runs.signals.run_turn_ended; a daily token budget used up), as RunFailed."""
+        try:
+            with closing_connection():
+                signals.run_turn_ended.send(
+                    Run, run=self.run, input_tokens=self.input_tokens,
+                    output_tokens=self.output_tokens,
+                )  # fmt: skip
+        except ServiceError as exc:
+            raise RunFailed(exc.message) from exc
 
     def _check(self):
         if self.stop.is_set():
