@@ -1,9 +1,9 @@
 from celery import shared_task
 from celery.exceptions import Reject
-from celery.signals import worker_shutting_down
+from celery.signals import task_postrun, worker_shutting_down
 from django.conf import settings
 
-from . import loop, repair
+from . import loop, metrics, repair
 from .worker import worker
 
 
@@ -29,3 +29,10 @@ def hand_back_runs(**kwargs):
     in this process) go back to the queue, resumed by another worker, instead of holding the
     shutdown until they end."""
     worker.hand_back()
+
+
+@task_postrun.connect
+def flush_metrics(**kwargs):
+    """What any task recorded (a webhook's delivery, a schedule's fire) is sent when it ends; a
+    run's went with its end already, so this costs nothing then."""
+    metrics.flush()
