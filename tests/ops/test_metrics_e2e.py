@@ -17,7 +17,7 @@ from conftest import (
     wait_for_status,
 )
 from examples import THREE_STEPS
-from live import Live
+from live import ROOT, Live
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 
@@ -33,12 +33,17 @@ def watched(django_db_setup, django_db_blocker, tmp_path_factory):
     processes.stop_all()
 
 
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
 def scrape(live):
     answer = httpx.get(
         f"{live.base_url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
     )
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "metrics.txt").write_text(answer.text)  # the last scrape, for a reader
     return metric_samples(answer.text)
 
 
