@@ -1,6 +1,8 @@
 """Relay's metrics as every process records them, like logging: an app declares its metrics
 (`counter`, `histogram`, `gauge`) where it records them, and records with `inc`, `observe` and
-`set`. The ops app serves them all at /metrics.
+`set`. The ops app serves them all at /metrics. Declare them at module level in a module that
+every process imports once the apps are ready (the app's ready() imports it if nothing else
+does): a web process shows only the metrics it knows of.
 
 The web processes and the workers run on any number of machines, so nothing is kept per
 process: what they record is added to one Redis hash (HINCRBY, HINCRBYFLOAT), which any web

@@ -13,6 +13,8 @@ from agents import services, tools
 from ops.collector import registry
 from runs import lifecycle, metrics, repair, stream
 from runs.models import Run
+from scheduling.models import Schedule
+from scheduling.services import schedule_fire
 
 from conftest import metric_samples, new_thread
 
@@ -200,6 +202,22 @@ def test_it_counts_the_reapers_resumed_and_reaped_runs_and_its_heartbeat(alice, 
     assert delta(before, after, "relay_runs_reaped_total", status="failed") == 1
     assert delta(before, after, "relay_runs_finished_total", kind="agent", trigger="api",
                  status="failed") == 1  # fmt: skip
+
+
+def test_it_counts_schedule_fires_by_outcome(alice, no_queue):
+    schedule = Schedule.objects.create(
+        owner=alice, name="Every minute", target=Schedule.Target.AGENT, agent=alice.agents.get(),
+        prompt="Hi", cron="* * * * *", timezone="UTC",
+    )  # fmt: skip
+    before = scrape()
+    now = timezone.now().replace(second=1)
+    schedule_fire(schedule_id=schedule.pk, now=now)
+    schedule_fire(schedule_id=schedule.pk, now=now + timedelta(minutes=1))  # the first is active
+    schedule_fire(schedule_id=schedule.pk, now=now + timedelta(minutes=1))  # that slot has fired
+    after = scrape()
+    assert delta(before, after, "relay_schedule_fires_total", outcome="started") == 1
+    assert delta(before, after, "relay_schedule_fires_total", outcome="skipped") == 1
+    assert delta(before, after, "relay_runs_started_total", kind="agent", trigger="schedule") == 1
 
 
 def test_it_reads_the_queue_lengths_from_the_broker(settings):

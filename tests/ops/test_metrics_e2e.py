@@ -36,6 +36,22 @@ def watched(django_db_setup, django_db_blocker, tmp_path_factory):
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
 
+SERVED = {
+    "relay_runs_started_total", "relay_runs_finished_total", "relay_run_duration_seconds",
+    "relay_run_time_to_first_event_seconds", "relay_runs_active",
+    "relay_run_oldest_running_seconds", "relay_queue_length", "relay_runs_reaped_total",
+    "relay_runs_resumed_total", "relay_reaper_last_run_timestamp_seconds", "relay_streams_open",
+    "relay_tokens_total", "relay_model_retries_total", "relay_tool_calls_total",
+    "relay_tool_call_duration_seconds", "relay_schedule_fires_total", "relay_metrics_source_up",
+}  # fmt: skip
+
+
+def families(live):
+    answer = httpx.get(f"{live.base_url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    lines = answer.text.splitlines()
+    return {line.split()[2] for line in lines if line.startswith("# TYPE relay_")}
+
+
 def scrape(live):
     answer = httpx.get(
         f"{live.base_url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
@@ -49,6 +65,10 @@ def scrape(live):
 
 def value(samples, name, **labels):
     return samples.get((name, tuple(sorted(labels.items()))), 0)
+
+
+def test_a_web_process_serves_every_metric_whichever_process_records_it(watched):
+    assert families(watched) == SERVED
 
 
 def test_it_counts_runs_of_each_outcome_as_a_scrape_shows_them(watched, alice):
