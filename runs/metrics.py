@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 
 import redis
@@ -73,8 +73,8 @@ class Metric:
     buckets: tuple = ()  # a histogram's upper bounds, +Inf implied
     capped: tuple = ()
     read: object = None  # a scrape-time gauge: fn() -> number | {label values: number} | None
-    source: str = ""  # what `read` reads (database, redis, broker): its failures are reported so
-    _bounds: dict = field(default_factory=dict, repr=False)
+    # what `read` reads (database, redis, broker): relay_metrics_source_up says when it fails
+    source: str = ""
 
     def inc(self, amount=1, **labels):
         if enabled():
@@ -170,6 +170,8 @@ class Buffer:
                     self._sums[key] = self._sums.get(key, 0) + amount
                 for key, value in sets.items():
                     self._sets.setdefault(key, value)
+        except Exception:  # a flush runs on commit of a run's end: it must never fail that
+            log.exception("could not record metrics")
 
     def _capped(self, sums):
         """`sums` with the capped labels' values beyond the cap folded into "other": a round
@@ -177,8 +179,8 @@ class Buffer:
         unknown = {}
         for metric, _, values in sums:
             for label, value in _capped_values(metric, values):
-                known = self._admitted.get(label, set()) | self._folded.get(label, set())
-                if value not in known:
+                met = self._admitted.get(label, ()), self._folded.get(label, ())
+                if not any(value in known for known in met):
                     unknown.setdefault(label, set()).add(value)
         for label, candidates in unknown.items():
             candidates = sorted(candidates)
