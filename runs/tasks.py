@@ -32,7 +32,9 @@ def hand_back_runs(**kwargs):
 
 
 @task_postrun.connect
-def flush_metrics(**kwargs):
-    """What any task recorded (a webhook's delivery, a schedule's fire) is sent when it ends; a
-    run's went with its end already, so this costs nothing then."""
-    metrics.flush()
+def flush_metrics(sender=None, **kwargs):
+    """What any task recorded (a webhook's delivery, a schedule's fire) is sent when it ends. A
+    run's went with its end (ops/receivers.py): a busy worker's other runs have always recorded
+    something meanwhile, which their own ends send, so a run costs no third round trip."""
+    if sender is not execute_run_task:
+        metrics.flush()
