@@ -9,6 +9,7 @@ class AgentsConfig(AppConfig):
         from runs.api import RunSelectionSerializer, RunSerializer, id_filter
 
         from . import api, signals  # noqa: F401  (the demo agent of a new user)
+        from .llm import retry  # noqa: F401  (declares relay_model_retries_total: runs.metrics)
         from .services import AgentRuns
 
         kinds.register(AgentRuns())

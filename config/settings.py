@@ -71,6 +71,7 @@ INSTALLED_APPS = [
     "workflows",
     "scheduling",
     "usage",
+    "ops",
 ]
 
 MIDDLEWARE = [
@@ -279,6 +280,15 @@ CELERY_BEAT_SCHEDULE = {
     "purge-idempotency-keys": {"task": "runs.tasks.purge_idempotency_keys_task", "schedule": 600},
 }
 CELERY_TIMEZONE = "UTC"
+
+# Metrics for Prometheus (runs/metrics.py records them, ops/ serves them at /metrics). Off: no
+# process records anything (the scrape-time gauges are still served). /metrics answers 404 until
+# METRICS_TOKEN is set; then it wants `Authorization: Bearer <METRICS_TOKEN>`.
+METRICS_ENABLED = env_bool("METRICS_ENABLED", True)
+METRICS_TOKEN = env("METRICS_TOKEN", "")
+METRICS_QUEUES = env_list("METRICS_QUEUES", "runs,default,webhooks")  # relay_queue_length's
+# distinct values a capped label (a tool's name) may take; the others are counted as "other"
+METRICS_LABEL_VALUES_MAX = env_int("METRICS_LABEL_VALUES_MAX", 50)
 
 # Deepest nesting of arrays and objects in a request's JSON (400 beyond it).
 JSON_MAX_DEPTH = env_int("JSON_MAX_DEPTH", 32)

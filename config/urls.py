@@ -9,6 +9,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 import agents.urls
+import ops.urls
 import runs.urls
 import scheduling.urls
 import usage.urls
@@ -16,7 +17,7 @@ import workflows.urls
 from agents.auth import LoginForm
 from runs import http
 
-APPS = [runs.urls, agents.urls, workflows.urls, scheduling.urls, usage.urls]
+APPS = [runs.urls, agents.urls, workflows.urls, scheduling.urls, usage.urls, ops.urls]
 
 api = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -62,9 +62,11 @@ def execute(run_id):
             run_finish(run=run, status=Run.Status.FAILED, error=str(exc))
         return
     lease = worker.hold(run.pk, time.monotonic() + settings.RUN_TIME_LIMIT)
+    stream.await_first_event(run)
     try:
         loop(run, lease).execute()
     finally:
+        stream.forget_first_event(run.pk)
         lease.release()
 
 
