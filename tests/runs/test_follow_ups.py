@@ -118,14 +118,16 @@ def test_a_follow_up_the_queue_refused_stays_pending_and_starts_later(alice, no_
     def down(run_id):
         raise ConnectionError("the broker is down")
 
-    monkeypatch.setattr(lifecycle, "send_run_task", down)
-    lifecycle.run_finish(run=run, status=Run.Status.COMPLETED)
+    # the broker down for this end only (undo() would drop no_queue too, and a live worker
+    # left by an end-to-end test would then claim the run)
+    with monkeypatch.context() as broker:
+        broker.setattr(lifecycle, "send_run_task", down)
+        lifecycle.run_finish(run=run, status=Run.Status.COMPLETED)
     follow_up.refresh_from_db()
     assert (follow_up.status, follow_up.run) == (FollowUp.Status.PENDING, None)
     assert "queue is unavailable" in follow_up.error
     assert conversation(thread) == [("user", "one")]  # its message went back with its run
     assert Run.objects.count() == 1
-    monkeypatch.undo()
     repair.runs_reap()
     follow_up.refresh_from_db()
     assert follow_up.status == FollowUp.Status.STARTED
