@@ -10,12 +10,19 @@ Stop: runs whose demo model writes for a minute; once a client has the first del
 stop, and the clock runs from that POST to the terminal event at the client (p50, p99).
 
     .venv/bin/python bench/runs.py [--seconds 20] [--clients 16] [--workers 1 2] [--stops 100]
+
+Integrations (--integrations N): N rounds, each measuring throughput (one web, one worker) with
+metrics and webhooks off (METRICS_ENABLED=0, no endpoint), then on (metrics recorded, every run's
+end delivered as a signed webhook to a receiver on loopback, by a webhooks worker of its own);
+the medians of both and their ratio, side by side in one run.
 """
 
 import argparse
 import asyncio
 import statistics
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psutil
 
@@ -102,6 +109,81 @@ def ms(results, key):
     return f"p50 {statistics.median(values):.1f} ms, p99 {percentile(values, 99):.1f} ms"
 
 
+class Receiver(ThreadingHTTPServer):
+    """A webhook receiver on loopback: answers 204 and counts what it was sent."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        self.received = 0
+        lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with lock:
+                    server.received += 1
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+
+def integrations(args, user, headers, live, fresh_threads):
+    """Throughput with metrics and webhooks off, then on, in alternating rounds."""
+    from webhooks.models import Delivery, Endpoint, new_secret
+
+    receiver = Receiver()
+    live.env["WEBHOOKS_ALLOW_PRIVATE"] = "1"
+    address = "127.0.0.1", live.port
+    rates, cpus, ends = {"off": [], "on": []}, {"off": [], "on": []}, 0
+    for _ in range(args.integrations):
+        for mode in ("off", "on"):
+            live.env["METRICS_ENABLED"] = "1" if mode == "on" else "0"
+            Endpoint.objects.filter(owner=user).delete()
+            if mode == "on":
+                Endpoint.objects.create(
+                    owner=user, url=receiver.url, events=["run.completed"], secret=new_secret()
+                )
+                live.start("webhooks", "celery", "-A", "config", "worker", "-Q", "webhooks",
+                           "-n", "bench-webhooks@%h", "-l", "warning")  # fmt: skip
+            live.start_web()
+            live.start_worker()
+            time.sleep(3)
+            threads = fresh_threads(int(args.seconds * 500))
+            asyncio.run(throughput(address, headers, threads[:200], args.clients, 1))
+            before = cpu_seconds(live)
+            rate, results = asyncio.run(
+                throughput(address, headers, threads[200:], args.clients, args.seconds)
+            )
+            after = cpu_seconds(live)
+            cpu = sum(after.values()) - sum(before.values())
+            rates[mode].append(rate)
+            cpus[mode].append(cpu * 1000 / len(results))
+            print(f"  {mode}: {rate:.1f} runs/s, {cpus[mode][-1]:.1f} CPU ms per run", flush=True)
+            if mode == "on":
+                ends += len(results) + 200  # the warm-up's too
+                deadline = time.monotonic() + 60  # the backlog drains
+                while receiver.received < ends and time.monotonic() < deadline:
+                    time.sleep(0.2)
+            live.stop_all()
+    off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
+    print(
+        f"metrics and webhooks off: {off:.1f} runs/s (rounds: "
+        f"{', '.join(f'{r:.1f}' for r in rates['off'])}), {statistics.median(cpus['off']):.1f}"
+        f" CPU ms per run; on: {on:.1f} runs/s ({', '.join(f'{r:.1f}' for r in rates['on'])}),"
+        f" {statistics.median(cpus['on']):.1f} CPU ms per run; on/off = {on / off:.2f};"
+        f" webhooks received {receiver.received} of {ends} ends"
+        f" ({Delivery.objects.filter(status=Delivery.Status.PENDING).count()} still pending)"
+    )
+
+
 def main():
     from agents.models import ThreadAgent
     from runs.models import Thread
@@ -113,6 +195,8 @@ def main():
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--stops", type=int, default=100)
     parser.add_argument("--web", type=int, default=1, help="web (uvicorn) processes")
+    parser.add_argument("--integrations", type=int, default=0, metavar="ROUNDS",
+                        help="compare metrics and webhooks off and on instead")  # fmt: skip
     args = parser.parse_args()
     user, headers, live = prepare()
     fast, _ = user.agents.update_or_create(
@@ -128,6 +212,12 @@ def main():
         ThreadAgent.objects.bulk_create([ThreadAgent(thread=t, agent=agent) for t in threads])
         return [t.pk for t in threads]
 
+    if args.integrations:
+        try:
+            integrations(args, user, headers, live, lambda count: fresh_threads(fast, count))
+        finally:
+            live.stop_all()
+        return
     live.start_web(args.web)
     try:
         for workers in args.workers:
