@@ -17,7 +17,7 @@ from workflows.models import Workflow
 
 from conftest import bearer, new_thread, start, start_live, wait_for, wait_for_status
 from examples import THREE_STEPS
-from live import ROOT
+from live import ROOT, free_port
 from otlp import Collector
 from redis_server import RedisServer
 
@@ -29,13 +29,14 @@ TOOL_CALL = '/tool calculator {"expression": "6*7"}'
 
 @pytest.fixture(scope="module")
 def traced(django_db_setup, django_db_blocker, tmp_path_factory):
-    """Web and worker exporting to a Collector, on a Redis of their own (no other worker takes
-    their runs)."""
+    """Web, worker and beat exporting to a Collector, on a Redis of their own (no other worker
+    takes their runs)."""
     tmp = tmp_path_factory.mktemp("traced")
     redis = RedisServer(tmp)
     with Collector() as collector, django_db_blocker.unblock():
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "50"}
         processes = start_live(tmp, REDIS_URL=redis.url, **env)
+        processes.start_beat()
         processes.collector = collector
         yield processes
         processes.stop_all()
@@ -87,7 +88,8 @@ def test_it_traces_a_run_from_the_api_call_through_the_worker_to_each_turn_and_t
     traced, alice
 ):
     thread = new_thread(alice, words=5)
-    run_id = start(traced, bearer(alice), thread, TOOL_CALL)
+    # two calls in one turn: they run at once, each in a thread of its own
+    run_id = start(traced, bearer(alice), thread, f"{TOOL_CALL}\n/tool current_time {{}}")
     run = wait_for_status(run_id, Run.Status.COMPLETED)
     (span,) = run_spans(traced.collector, run_id)
     spans = trace_of(traced.collector, span.trace_id)
@@ -113,14 +115,10 @@ def test_it_traces_a_run_from_the_api_call_through_the_worker_to_each_turn_and_t
     }
     assert run.input_tokens > 0 and run.output_tokens > 0
 
-    # the model's two turns (the call, then the answer) and the tool call between them
-    first, tool, second = relays(spans, span)
+    # the model's two turns (the calls, then the answer) and the tool calls between them
+    first, *tools, second = relays(spans, span)
     turns = [first, second]
-    assert [s.name for s in (first, tool, second)] == [
-        "chat demo",
-        "execute_tool calculator",
-        "chat demo",
-    ]
+    assert [t.name for t in turns] == ["chat demo", "chat demo"]
     assert [t.kind for t in turns] == ["CLIENT", "CLIENT"]
     assert [t.attributes["gen_ai.response.finish_reasons"] for t in turns] == [
         ["tool_calls"],
@@ -129,10 +127,15 @@ def test_it_traces_a_run_from_the_api_call_through_the_worker_to_each_turn_and_t
     assert all(t.attributes["gen_ai.system"] == "demo" for t in turns)
     assert sum(t.attributes["gen_ai.usage.input_tokens"] for t in turns) == run.input_tokens
     assert sum(t.attributes["gen_ai.usage.output_tokens"] for t in turns) == run.output_tokens
-    assert tool.attributes["gen_ai.tool.name"] == "calculator"
-    assert tool.attributes["relay.tool.outcome"] == "ok"
-    call_id = thread.messages.get(role="tool").tool_call_id
-    assert tool.attributes["gen_ai.tool.call.id"] == call_id
+    calls = {m.name: m.tool_call_id for m in thread.messages.filter(role="tool")}
+    assert sorted(
+        (t.name, t.attributes["gen_ai.tool.name"], t.attributes["gen_ai.tool.call.id"],
+         t.attributes["relay.tool.outcome"])
+        for t in tools
+    ) == [
+        ("execute_tool calculator", "calculator", calls["calculator"], "ok"),
+        ("execute_tool current_time", "current_time", calls["current_time"], "ok"),
+    ]  # fmt: skip
 
     # and the official instrumentations' spans, in the same trace
     systems = {s.attributes.get("db.system") or s.attributes.get("db.system.name") for s in spans}
@@ -203,6 +206,35 @@ def test_a_workflow_run_has_a_span_per_step(traced, alice):
     assert [s.name for s in relays(spans, steps[0])] == ["execute_tool calculator"]
     assert steps[3].attributes["gen_ai.request.model"] == "demo"
     assert [s.name for s in relays(spans, steps[3])] == ["chat demo"]
+
+
+def test_beat_traces_what_it_sends_to_the_worker(traced):
+    def reaper_pass():
+        spans = traced.collector.received()
+        sent = {s.trace_id for s in spans if s.service == "relay-beat" and s.kind == "PRODUCER"}
+        return [s for s in spans if s.trace_id in sent and s.service == "relay-worker"]
+
+    spans = wait_for(reaper_pass, timeout=30, message="a reaper pass traced from beat")
+    assert "run/runs.tasks.reap_runs_task" in {s.name for s in spans}
+
+
+def test_a_collector_that_is_down_costs_the_runs_nothing(tmp_path, alice):
+    redis = RedisServer(tmp_path)
+    nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens: every export is refused
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": nobody, "OTEL_BSP_SCHEDULE_DELAY": "50",
+           "OTEL_EXPORTER_OTLP_TIMEOUT": "2"}  # fmt: skip
+    processes = start_live(tmp_path, REDIS_URL=redis.url, **env)
+    try:
+        threads = [new_thread(alice, words=5) for _ in range(3)]
+        runs = [start(processes, bearer(alice), thread, TOOL_CALL) for thread in threads]
+        for run_id in runs:
+            run = wait_for_status(run_id, Run.Status.COMPLETED, timeout=20)
+            assert run.traceparent  # traced all the same
+            assert run.messages.get(role="tool").content == "42"
+    finally:
+        processes.stop_all()
+        redis.kill()
+    assert "Traceback" not in (tmp_path / "worker.log").read_text()
 
 
 OFF = """
