@@ -218,6 +218,28 @@ def test_beat_traces_what_it_sends_to_the_worker(traced):
     assert "run/runs.tasks.reap_runs_task" in {s.name for s in spans}
 
 
+def test_a_prefork_worker_traces_its_runs_from_each_child(tmp_path, alice):
+    redis = RedisServer(tmp_path)
+    with Collector() as collector:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "50"}
+        prefork = {"WORKER_POOL": "prefork", "WORKER_CONCURRENCY": "2"}
+        processes = start_live(tmp_path, REDIS_URL=redis.url, worker_env=prefork, **env)
+        try:
+            run_id = start(processes, bearer(alice), new_thread(alice, words=3), TOOL_CALL)
+            wait_for_status(run_id, Run.Status.COMPLETED)
+            (span,) = run_spans(collector, run_id)
+            spans = trace_of(collector, span.trace_id)
+        finally:
+            processes.stop_all()
+            redis.kill()
+    assert ancestry(spans, span)[-1] == ("relay-web", "SERVER", START)
+    assert [s.name for s in relays(spans, span)] == [
+        "chat demo",
+        "execute_tool calculator",
+        "chat demo",
+    ]
+
+
 def test_a_collector_that_is_down_costs_the_runs_nothing(tmp_path, alice):
     redis = RedisServer(tmp_path)
     nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens: every export is refused
