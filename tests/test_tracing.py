@@ -147,6 +147,20 @@ def test_it_traces_a_run_from_the_api_call_through_the_worker_to_each_turn_and_t
     assert {s.service for s in spans} == {"relay-web", "relay-worker"}
 
 
+def test_a_failed_run_and_its_turn_carry_the_error(traced, alice):
+    # the default provider's endpoint (LLM_BASE_URL) has nobody listening
+    thread = new_thread(alice, model="gpt-4o-mini")
+    run_id = start(traced, bearer(alice), thread, "Hello")
+    run = wait_for_status(run_id, Run.Status.FAILED)
+    (span,) = run_spans(traced.collector, run_id, status="failed")
+    assert span.attributes["gen_ai.request.model"] == "gpt-4o-mini"
+    assert (span.status, span.status_message) == (2, run.error)
+    (turn,) = relays(trace_of(traced.collector, span.trace_id), span)
+    assert turn.name == "chat gpt-4o-mini"
+    assert turn.attributes["gen_ai.system"] == "openai"
+    assert turn.status == 2 and turn.status_message
+
+
 def test_a_run_that_waited_for_a_person_goes_on_in_its_trace_linked_to_the_answer(traced, alice):
     thread = new_thread(alice, words=3, tools=["calculator"], approve_tools=["calculator"])
     headers = bearer(alice)
