@@ -20,6 +20,7 @@ from examples import THREE_STEPS
 from live import ROOT, free_port
 from otlp import Collector
 from redis_server import RedisServer
+from sse import assert_consecutive, follow
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -29,14 +30,13 @@ TOOL_CALL = '/tool calculator {"expression": "6*7"}'
 
 @pytest.fixture(scope="module")
 def traced(django_db_setup, django_db_blocker, tmp_path_factory):
-    """Web, worker and beat exporting to a Collector, on a Redis of their own (no other worker
-    takes their runs)."""
+    """Web and worker exporting to a Collector, on a Redis of their own (no other worker takes
+    their runs)."""
     tmp = tmp_path_factory.mktemp("traced")
     redis = RedisServer(tmp)
     with Collector() as collector, django_db_blocker.unblock():
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "50"}
-        processes = start_live(tmp, REDIS_URL=redis.url, **env)
-        processes.start_beat()
+        processes = start_live(tmp, REDIS_URL=redis.url, RUN_REQUEUE_SECONDS="600", **env)
         processes.collector = collector
         yield processes
         processes.stop_all()
@@ -89,7 +89,11 @@ def test_it_traces_a_run_from_the_api_call_through_the_worker_to_each_turn_and_t
 ):
     thread = new_thread(alice, words=5)
     # two calls in one turn: they run at once, each in a thread of its own
-    run_id = start(traced, bearer(alice), thread, f"{TOOL_CALL}\n/tool current_time {{}}")
+    headers = bearer(alice)
+    run_id = start(traced, headers, thread, f"{TOOL_CALL}\n/tool current_time {{}}")
+    events = follow(traced.base_url, run_id, headers)  # the stream works as it does untraced
+    assert_consecutive(events)
+    assert events[-1].json["status"] == "completed"
     run = wait_for_status(run_id, Run.Status.COMPLETED)
     (span,) = run_spans(traced.collector, run_id)
     spans = trace_of(traced.collector, span.trace_id)
@@ -223,12 +227,19 @@ def test_a_workflow_run_has_a_span_per_step(traced, alice):
 
 
 def test_beat_traces_what_it_sends_to_the_worker(traced):
+    # only while this test runs: its reaper passes could take other tests' runs (the database
+    # is shared), and the worker (RUN_REQUEUE_SECONDS) does not send queued ones again
+    traced.start_beat()
+
     def reaper_pass():
         spans = traced.collector.received()
         sent = {s.trace_id for s in spans if s.service == "relay-beat" and s.kind == "PRODUCER"}
         return [s for s in spans if s.trace_id in sent and s.service == "relay-worker"]
 
-    spans = wait_for(reaper_pass, timeout=30, message="a reaper pass traced from beat")
+    try:
+        spans = wait_for(reaper_pass, timeout=30, message="a reaper pass traced from beat")
+    finally:
+        traced.stop("beat")
     assert "run/runs.tasks.reap_runs_task" in {s.name for s in spans}
 
 
