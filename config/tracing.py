@@ -1,8 +1,9 @@
 """OpenTelemetry tracing: off unless OTEL_EXPORTER_OTLP_ENDPOINT (or its traces variant) is set.
 Then each process installs, once, at its start (config.asgi and config.wsgi for web, the Celery
 signals of config.celery for the worker and beat): the SDK's tracer provider, a batching OTLP/HTTP
-exporter, and the official instrumentations of Django, Celery, psycopg and Redis. The standard
-OTEL_* variables (service name, headers, sampler, batching) are read by the SDK itself.
+exporter, and the official instrumentations of Django, Celery, psycopg (or SQLite) and Redis.
+The standard OTEL_* variables (service name, headers, sampler, batching) are read by the SDK
+itself.
 
 Off, nothing of the SDK is even imported, and the spans the apps make through the API
 (opentelemetry.trace) are no-ops."""
@@ -47,8 +48,12 @@ def tracing_flush(timeout_seconds=5):
 
 
 def _install(service, web):
+    import sqlite3.dbapi2
+
+    from django.conf import settings
     from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.instrumentation import dbapi
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
     from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
     from opentelemetry.instrumentation.redis import RedisInstrumentor
@@ -71,6 +76,10 @@ def _install(service, web):
         DjangoInstrumentor().instrument()
     CeleryInstrumentor().instrument()  # the web and beat publish tasks, the worker runs them
     PsycopgInstrumentor().instrument()
+    if settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+        # what opentelemetry-instrumentation-sqlite3 does, on the DB-API instrumentation it is
+        # built on (and psycopg's is): Django connects through sqlite3.dbapi2
+        dbapi.wrap_connect(__name__, sqlite3.dbapi2, "connect", "sqlite")
     RedisInstrumentor().instrument()
     log.info("tracing on: %s exports to %s", resource.attributes[SERVICE_NAME], _endpoint())
     return provider

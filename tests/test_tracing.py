@@ -56,15 +56,19 @@ def run_spans(collector, run_id, count=1, status="completed"):
     return sorted(spans, key=lambda s: s.attributes["relay.run.attempt"])
 
 
-def trace_of(collector, trace_id, *, root_service="relay-web"):
-    """The spans of the trace once its root (the web request) has arrived too."""
+def trace_of(collector, trace_id, *, having=()):
+    """The spans of the trace once its root (the web request), the parents of all its spans, and
+    the spans `having` names (ids) have arrived: a process exports a span when it ends, so a
+    parent comes after its children, and the processes export apart."""
 
     def arrived():
         spans = [s for s in collector.received() if s.trace_id == trace_id]
-        roots = [s for s in spans if not s.parent_id and s.service == root_service]
-        return spans if roots else None
+        ids = {s.span_id for s in spans}
+        roots = [s for s in spans if not s.parent_id and s.service == "relay-web"]
+        parents = {s.parent_id for s in spans if s.parent_id}
+        return spans if roots and parents <= ids and set(having) <= ids else None
 
-    return wait_for(arrived, timeout=30, message=f"the root of trace {trace_id}")
+    return wait_for(arrived, timeout=30, message=f"the spans of trace {trace_id}")
 
 
 def relays(spans, parent):
@@ -143,11 +147,10 @@ def test_it_traces_a_run_from_the_api_call_through_the_worker_to_each_turn_and_t
 
     # and the official instrumentations' spans, in the same trace
     systems = {s.attributes.get("db.system") or s.attributes.get("db.system.name") for s in spans}
-    assert "redis" in systems  # the event log's appends, the broker's publish
-    if connection.vendor == "postgresql":
-        assert "postgresql" in systems
-    database = [s for s in spans if s.attributes.get("db.system") == "postgresql"]
-    assert connection.vendor != "postgresql" or any(s.service == "relay-worker" for s in database)
+    database = {"postgresql": "postgresql", "sqlite": "sqlite"}[connection.vendor]
+    assert {"redis", database} <= systems  # the event log's appends, the broker's; the queries
+    queries = [s for s in spans if s.attributes.get("db.system") == database]
+    assert {s.service for s in queries} == {"relay-web", "relay-worker"}
     assert {s.service for s in spans} == {"relay-web", "relay-worker"}
 
 
@@ -190,7 +193,7 @@ def test_a_run_that_waited_for_a_person_goes_on_in_its_trace_linked_to_the_answe
     # linked, both ways, to the answer's trace, which sent the second attempt
     ((trace_id, span_id, link),) = second.links
     assert link == {"relay.link": "sent by"}
-    answer = trace_of(traced.collector, trace_id)
+    answer = trace_of(traced.collector, trace_id, having=[span_id])
     task = next(s for s in answer if s.span_id == span_id)
     assert ancestry(answer, task) == [
         ("relay-web", "PRODUCER", "apply_async/runs.tasks.execute_run_task"),
@@ -233,14 +236,17 @@ def test_beat_traces_what_it_sends_to_the_worker(traced):
 
     def reaper_pass():
         spans = traced.collector.received()
-        sent = {s.trace_id for s in spans if s.service == "relay-beat" and s.kind == "PRODUCER"}
-        return [s for s in spans if s.trace_id in sent and s.service == "relay-worker"]
+        sent = {s.trace_id: s for s in spans if s.service == "relay-beat" and s.kind == "PRODUCER"}
+        tasks = [s for s in spans if s.name == "run/runs.tasks.reap_runs_task"]
+        return next(((s, sent[s.trace_id]) for s in tasks if s.trace_id in sent), None)
 
     try:
-        spans = wait_for(reaper_pass, timeout=30, message="a reaper pass traced from beat")
+        task, publish = wait_for(reaper_pass, timeout=30, message="a reaper pass traced from beat")
     finally:
         traced.stop("beat")
-    assert "run/runs.tasks.reap_runs_task" in {s.name for s in spans}
+    assert (task.service, task.kind) == ("relay-worker", "CONSUMER")
+    assert task.parent_id == publish.span_id
+    assert publish.name == "apply_async/runs.tasks.reap_runs_task"
 
 
 def test_a_prefork_worker_traces_its_runs_from_each_child(tmp_path, alice):
@@ -290,7 +296,7 @@ import config.asgi, config.celery
 from django.conf import settings
 from opentelemetry import trace
 from config.tracing import tracing_setup
-import psycopg, redis
+import psycopg, redis, sqlite3.dbapi2
 print(json.dumps({
     "provider": type(trace.get_tracer_provider()).__name__,
     "setup": tracing_setup(service="relay-worker") is not None,
@@ -300,6 +306,7 @@ print(json.dumps({
     ),
     "middleware": [m for m in settings.MIDDLEWARE if "opentelemetry" in m],
     "psycopg": hasattr(psycopg.connect, "__wrapped__"),
+    "sqlite": hasattr(sqlite3.dbapi2.connect, "__wrapped__"),
     "redis": hasattr(redis.Redis.execute_command, "__wrapped__"),
 }))
 """
@@ -318,6 +325,7 @@ def test_with_no_endpoint_nothing_is_set_up(tmp_path):
         "instrumentations": [],
         "middleware": [],
         "psycopg": False,
+        "sqlite": False,
         "redis": False,
     }
 
