@@ -249,6 +249,28 @@ def test_beat_traces_what_it_sends_to_the_worker(traced):
     assert publish.name == "apply_async/runs.tasks.reap_runs_task"
 
 
+def test_a_run_handed_back_at_a_shutdown_goes_on_in_its_trace(traced, alice):
+    thread = new_thread(alice, words=300, delay_ms=20)  # about 6 s
+    run_id = start(traced, bearer(alice), thread)
+    wait_for(lambda: thread.messages.filter(role="assistant").exists(), message="a reply")
+    traced.stop("worker")  # SIGTERM: it hands its runs back and exits, its spans sent
+    traced.start_worker()
+    wait_for_status(run_id, Run.Status.COMPLETED, timeout=30)
+
+    first, second = run_spans(traced.collector, run_id, count=2)
+    assert first.attributes["relay.run.status"] == "queued"
+    assert second.trace_id == first.trace_id and not second.links
+    spans = trace_of(traced.collector, first.trace_id)
+    # sent from the first attempt's span, within the run's trace
+    chain = ancestry(spans, second)
+    assert chain[:3] == [
+        ("relay-worker", "CONSUMER", "run/runs.tasks.execute_run_task"),
+        ("relay-worker", "PRODUCER", "apply_async/runs.tasks.execute_run_task"),
+        ("relay-worker", "INTERNAL", "run"),
+    ]
+    assert chain[3:] == ancestry(spans, first)
+
+
 def test_a_prefork_worker_traces_its_runs_from_each_child(tmp_path, alice):
     redis = RedisServer(tmp_path)
     with Collector() as collector:
