@@ -3,11 +3,13 @@ it asks for, save and announce every message. The engine (runs.loop) claims the 
 lease and gives it its one terminal status."""
 
 import collections
+import contextvars
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
+from opentelemetry import trace
 
 from runs import stream
 from runs.loop import RunFailed, RunLoop, Stopped, Waiting, closing_connection, storable_text
@@ -16,6 +18,8 @@ from runs.models import InputRequest, Message
 from . import llm, toolbox, tools
 from .models import agent_of
 from .tools.builtin import ASK_USER
+
+tracer = trace.get_tracer("relay.agents")
 
 INTERRUPTED = tools.ToolResult(
     None,
@@ -51,6 +55,10 @@ class AgentLoop(RunLoop):
         run's last turn that have no result yet (it waited), made first."""
         with closing_connection():
             model = llm.get_model(agent)
+        # on the run's span, or a workflow step's
+        trace.get_current_span().set_attributes(
+            {"relay.agent.id": agent.pk, "gen_ai.request.model": model.model}
+        )
         box = toolbox.for_agent(agent, stop=self.stop)
         schemas = tools.schemas(box)
         if open_calls:
@@ -61,7 +69,7 @@ class AgentLoop(RunLoop):
             self.turn_ended()
         for _ in range(settings.RUN_MAX_TURNS):
             self._check()
-            message = self._model_turn(model, history, schemas)
+            message = self._traced_turn(model, history, schemas)
             self._check()
             if not message.tool_calls:
                 return message
@@ -117,7 +125,11 @@ class AgentLoop(RunLoop):
             return [self._call_tool(*job, box=box) for job in jobs]
         workers = min(len(jobs), settings.TOOLS_MAX_CALLS_PER_RUN)
         with ThreadPoolExecutor(workers, thread_name_prefix=f"run-{self.run.pk}-tools") as pool:
-            futures = [pool.submit(self._call_tool, *job, box=box) for job in jobs]
+            # each call in the run's tracing context (a copy each: a thread enters its own)
+            futures = [
+                pool.submit(contextvars.copy_context().run, self._call_tool, *job, box=box)
+                for job in jobs
+            ]
             return [future.result() for future in futures]  # a stop raises Stopped here
 
     def _needs_person(self, call, box, agent):
@@ -159,6 +171,31 @@ class AgentLoop(RunLoop):
             )  # fmt: skip
         if made:
             stream.emit(self.run.pk, "input.requested", request=request.as_event())
+
+    def _traced_turn(self, model, history, schemas):
+        """A model turn in its span (OpenTelemetry's GenAI conventions: "chat <model>")."""
+        attributes = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.system": model.system,
+            "gen_ai.request.model": model.model,
+        }
+        with tracer.start_as_current_span(
+            f"chat {model.model}", kind=trace.SpanKind.CLIENT, attributes=attributes
+        ) as span:
+            used = self.input_tokens, self.output_tokens
+            message = self._model_turn(model, history, schemas)
+            span.set_attributes(
+                {
+                    "gen_ai.usage.input_tokens": self.input_tokens - used[0],
+                    "gen_ai.usage.output_tokens": self.output_tokens - used[1],
+                    "gen_ai.response.finish_reasons": [
+                        "tool_calls" if message.tool_calls else "stop"
+                    ],
+                    "relay.turn.tool_calls": len(message.tool_calls),
+                    "relay.turn.stopped": self.stop.is_set(),
+                }
+            )
+        return message
 
     def _model_turn(self, model, history, schemas):
         """Stream one model turn into a new assistant message, announcing the text in coalesced
@@ -219,6 +256,33 @@ class AgentLoop(RunLoop):
         return message
 
     def _run_tool(self, call, name, arguments, allowed):
+        """The tool call in its span ("execute_tool <name>"), its outcome `ok`, `error` (the
+        span's status too) or `stopped`."""
+        attributes = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": name,
+            "gen_ai.tool.call.id": call,
+        }
+        server = tool_server(name, allowed)
+        if server:
+            attributes["relay.tool.server"] = server
+        with tracer.start_as_current_span(
+            f"execute_tool {name}",
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                result = self._make_tool_call(call, name, arguments, allowed)
+            except Stopped:
+                span.set_attribute("relay.tool.outcome", "stopped")
+                raise
+            span.set_attribute("relay.tool.outcome", "ok" if result.error is None else "error")
+            if result.error is not None:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, result.error))
+        return result
+
+    def _make_tool_call(self, call, name, arguments, allowed):
         """Announce the tool call and run it. A stop ends the run at once, without waiting for
         the tool: its late result is dropped, and the call stays unanswered (history_messages
         leaves such calls out), so nothing of it is written after the terminal status."""

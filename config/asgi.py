@@ -5,6 +5,8 @@ import django
 from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIHandler
 
+from config.tracing import tracing_setup
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 EVENT_STREAM = re.compile(r"/api/(?:runs|threads)/[^/]+/events/")
@@ -56,4 +58,5 @@ async def _chunks(parts):
 
 
 django.setup(set_prefix=False)
+tracing_setup(service="relay-web", web=True)  # before the handler loads the middleware
 application = Handler()

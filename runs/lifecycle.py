@@ -19,7 +19,7 @@ from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from . import kinds, signals, stream
+from . import kinds, signals, stream, traces
 from .errors import (
     QueueUnavailable,
     ServiceConflict,
@@ -94,8 +94,9 @@ def run_start(
                     " wait for one to end or stop one."
                 )
             run = Run.objects.create(
-                owner=user, thread=thread, kind=kind.name, trigger=trigger, retry_of=retry_of
-            )
+                owner=user, thread=thread, kind=kind.name, trigger=trigger, retry_of=retry_of,
+                traceparent=traces.traceparent(),
+            )  # fmt: skip
             # the follow-up's one start: a second caller (the reaper, another end) finds it taken
             if follow_up is not None and not FollowUp.objects.pending().filter(
                 pk=follow_up.pk, run=None

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Q
 
-from . import kinds, signals, stream
+from . import kinds, signals, stream, traces
 from .errors import ServiceError
 from .lifecycle import run_claim, run_finish, run_hand_back, run_wait
 from .models import Run
@@ -55,19 +55,27 @@ def execute(run_id):
         run = run_claim(run_id=run_id, worker=worker.id)
     if run is None:
         return
+    with traces.run_span(run) as span:
+        traces.run_span_end(span, run, _execute(run))
+
+
+def _execute(run):
+    """Execute the claimed run; its loop, which counted the attempt's tokens (None if none)."""
     try:
         loop = kinds.get(run.kind).loop
     except LookupError as exc:  # the app that knew the kind is no longer installed
         with closing_connection():
             run_finish(run=run, status=Run.Status.FAILED, error=str(exc))
-        return
+        return None
     lease = worker.hold(run.pk, time.monotonic() + settings.RUN_TIME_LIMIT)
     stream.await_first_event(run)
     try:
-        loop(run, lease).execute()
+        loop = loop(run, lease)
+        loop.execute()
     finally:
         stream.forget_first_event(run.pk)
         lease.release()
+    return loop
 
 
 class RunLoop:

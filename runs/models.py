@@ -157,6 +157,9 @@ class Run(models.Model):
     resumes = models.PositiveIntegerField(default=0)
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
+    # the W3C traceparent of the span that started the run (empty when tracing is off): every
+    # attempt continues that trace, whoever sends it (runs/traces.py)
+    traceparent = models.CharField(max_length=55, blank=True, editable=False)
     created = models.DateTimeField(auto_now_add=True)
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True, db_index=True)

@@ -5,6 +5,7 @@ run's thread and stream."""
 import json
 
 from django.utils import timezone
+from opentelemetry import trace
 
 from agents.models import Agent, agent_of
 from agents.runner import AgentLoop, history_messages
@@ -14,6 +15,8 @@ from runs.models import Message
 
 from .definition import evaluate, guarded_steps, render, render_arguments
 from .models import StepRun
+
+tracer = trace.get_tracer("relay.workflows")
 
 
 class StepFailed(Exception):
@@ -33,14 +36,24 @@ class WorkflowLoop(AgentLoop):
         skipped = set()
         for index, step in enumerate(definition["steps"]):
             self._check()
-            if step["id"] in skipped:
-                self._record(step, index, StepRun.Status.SKIPPED)
-                continue
-            if step["id"] in reusable:
-                output = reusable[step["id"]]
-                self._record(step, index, StepRun.Status.COMPLETED, output=output, reused=True)
-            else:
-                output = self._step(step, index, context)
+            # its status is set by _record; a stop is no error, a failure sets one there
+            attributes = {"relay.step.id": step["id"], "relay.step.type": step["type"],
+                          "relay.step.index": index}  # fmt: skip
+            with tracer.start_as_current_span(
+                f"step {step['id']}",
+                attributes=attributes,
+                record_exception=False,
+                set_status_on_exception=False,
+            ):
+                if step["id"] in skipped:
+                    self._record(step, index, StepRun.Status.SKIPPED)
+                    continue
+                if step["id"] in reusable:
+                    output = reusable[step["id"]]
+                    self._record(step, index, StepRun.Status.COMPLETED, output=output,
+                                 reused=True)  # fmt: skip
+                else:
+                    output = self._step(step, index, context)
             context["steps"][step["id"]] = output
             if step["type"] == "condition" and not output:
                 skipped.update(guarded_steps(definition, index))
@@ -72,6 +85,10 @@ class WorkflowLoop(AgentLoop):
         return output
 
     def _record(self, step, index, status, output=None, error="", reused=False, started=None):
+        span = trace.get_current_span()  # the step's
+        span.set_attributes({"relay.step.status": status, "relay.step.reused": reused})
+        if status == StepRun.Status.FAILED:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, error))
         if not self.lease.held():  # the run is someone else's now: write nothing
             return
         with closing_connection():

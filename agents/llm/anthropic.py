@@ -16,6 +16,8 @@ RETRIED_ERRORS = {"overloaded_error", "api_error", "rate_limit_error", "timeout_
 
 
 class AnthropicModel(transport.RemoteModel):
+    system = "anthropic"  # the tracing spans' gen_ai.system
+
     def _call(self, messages, tools, stop):
         if stop.is_set():
             return

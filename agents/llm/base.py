@@ -45,5 +45,8 @@ class Model:
     the model ends its stream early without raising. `deadline` (time.monotonic()) is the
     run's: no retry waits past it."""
 
+    system = "unknown"  # who serves it, for tracing (gen_ai.system): "openai", "anthropic"
+    model = "unknown"  # the model's name
+
     def stream(self, messages, tools, stop, deadline=None):
         raise NotImplementedError

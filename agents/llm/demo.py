@@ -30,6 +30,8 @@ def _words(text):
 
 
 class DemoModel(Model):
+    system = model = "demo"  # the tracing spans' gen_ai.system and gen_ai.request.model
+
     def __init__(self, words=40, delay_ms=30):
         self.words = max(1, int(words))
         self.delay = max(0, int(delay_ms)) / 1000

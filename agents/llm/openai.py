@@ -8,6 +8,8 @@ from .base import ModelError, TextDelta, ToolCall, Usage
 
 
 class OpenAIChatModel(transport.RemoteModel):
+    system = "openai"  # the tracing spans' gen_ai.system
+
     def _call(self, messages, tools, stop):
         if stop.is_set():
             return
