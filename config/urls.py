@@ -11,11 +11,12 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 import agents.urls
 import runs.urls
 import scheduling.urls
+import webhooks.urls
 import workflows.urls
 from agents.auth import LoginForm
 from runs import http
 
-APPS = [runs.urls, agents.urls, workflows.urls, scheduling.urls]
+APPS = [runs.urls, agents.urls, workflows.urls, scheduling.urls, webhooks.urls]
 
 api = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
