@@ -1,0 +1,279 @@
+"""The outbox and the attempts, in this process against a real receiver on 127.0.0.1: a
+Delivery commits with the run's end (or wait) or not at all, each attempt is signed and
+verifiable with the standardwebhooks package, failures are retried on WEBHOOKS_RETRY_SCHEDULE,
+a hanging receiver times out, redirects are not followed, private addresses are refused at
+delivery, one attempt at a time, the sweep sends what is due, and old deliveries are pruned."""
+
+import json
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import transaction
+from django.utils import timezone
+from standardwebhooks.webhooks import Webhook
+
+from agents import services as agents
+from runs import lifecycle
+from runs.models import Run
+from webhooks import services
+from webhooks.models import Attempt, Delivery
+from webhooks.tasks import deliver_webhook_task
+
+from conftest import new_thread, waiting_run
+from webhook_receiver import HANG, Receiver
+
+pytestmark = pytest.mark.django_db(transaction=True)  # on_commit sends, as in production
+
+
+@pytest.fixture
+def receiver():
+    server = Receiver()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def webhook_settings(settings):
+    settings.WEBHOOKS_ALLOW_PRIVATE = True  # the receiver is on 127.0.0.1
+    settings.WEBHOOKS_RETRY_SCHEDULE = [5, 60]
+    settings.WEBHOOKS_TIMEOUT = 2
+    return settings
+
+
+def endpoint_of(user, url, events=("run.completed", "run.failed", "run.stopped", "run.waiting")):
+    return services.endpoint_create(owner=user, url=url, events=list(events))
+
+
+def stopped_run(user, no_queue):
+    run = agents.agent_start(user=user, thread=new_thread(user), message="hi")
+    lifecycle.run_stop(run=run)
+    run.refresh_from_db()
+    assert run.status == Run.Status.STOPPED
+    return run
+
+
+def attempt(delivery):
+    return services.delivery_attempt(delivery_id=delivery.pk)
+
+
+def test_an_end_writes_one_delivery_per_endpoint_that_wants_it(alice, bob, no_queue, receiver):
+    wants = endpoint_of(alice, receiver.url, events=["run.stopped"])
+    endpoint_of(alice, receiver.url, events=["run.completed"])  # not this event
+    off = endpoint_of(alice, receiver.url)
+    off.enabled = False
+    off.save()
+    endpoint_of(bob, receiver.url)  # not bob's run
+    run = stopped_run(alice, no_queue)
+    (delivery,) = Delivery.objects.all()
+    assert (delivery.endpoint, delivery.run, delivery.event) == (wants, run, "run.stopped")
+    assert delivery.status == "pending" and delivery.next_attempt <= timezone.now()
+    assert no_queue.args(deliver_webhook_task) == [[str(delivery.pk)]]
+    body = json.loads(delivery.body)
+    assert body["type"] == "run.stopped" and body["data"]["id"] == str(run.pk)
+    assert body["data"]["status"] == "stopped" and body["data"]["agent"] == run.agent_link.agent_id
+
+
+def test_an_end_rolled_back_leaves_no_delivery(alice, no_queue, receiver):
+    endpoint_of(alice, receiver.url)
+    run = agents.agent_start(user=alice, thread=new_thread(alice), message="hi")
+    with pytest.raises(RuntimeError), transaction.atomic():
+        lifecycle.run_stop(run=run)
+        assert Delivery.objects.count() == 1
+        raise RuntimeError("the change is rolled back")
+    assert not Delivery.objects.exists()
+    assert Run.objects.get(pk=run.pk).status == Run.Status.QUEUED
+
+
+def test_a_waiting_run_is_delivered_as_run_waiting_with_its_request(alice, no_queue, receiver):
+    endpoint_of(alice, receiver.url)
+    waiting_run(alice, no_queue)
+    (delivery,) = Delivery.objects.all()
+    assert delivery.event == "run.waiting"
+    assert json.loads(delivery.body)["data"]["pending"][0]["name"] == "calculator"
+
+
+def test_an_attempt_is_signed_and_verifies_with_standardwebhooks(alice, no_queue, receiver):
+    endpoint = endpoint_of(alice, receiver.url)
+    run = stopped_run(alice, no_queue)
+    delivery = Delivery.objects.get()
+    done = attempt(delivery)
+    assert (done.number, done.outcome, done.status_code) == (1, "delivered", 200)
+    (got,) = receiver.wait(1)
+    assert got.headers["webhook-id"] == delivery.webhook_id
+    payload = Webhook(endpoint.secret).verify(got.body, got.headers)
+    assert payload["type"] == "run.stopped" and payload["data"]["id"] == str(run.pk)
+    assert got.headers["Content-Type"] == "application/json"
+    delivery.refresh_from_db()
+    assert delivery.status == "delivered" and delivery.ended and delivery.claimed_until is None
+    with pytest.raises(Exception, match="signature"):
+        Webhook(services.signing_secret_get(owner=alice).secret).verify(got.body, got.headers)
+    assert attempt(delivery) is None  # delivered: nothing more
+
+
+def test_failures_are_retried_on_the_schedule_then_fail_for_good(alice, no_queue):
+    receiver = Receiver(then=503)
+    try:
+        endpoint_of(alice, receiver.url)
+        stopped_run(alice, no_queue)
+        delivery = Delivery.objects.get()
+        first = attempt(delivery)
+        assert (first.outcome, first.status_code) == ("http_error", 503)
+        assert "503" in first.error and first.response == "ok"
+        delivery.refresh_from_db()
+        assert delivery.status == "pending" and delivery.enqueued is None
+        due = delivery.next_attempt - first.started
+        assert timedelta(seconds=4.5) < due < timedelta(seconds=7)
+        assert attempt(delivery) is None  # not due yet
+        for number, delay in [(2, 60), (3, None)]:
+            Delivery.objects.filter(pk=delivery.pk).update(next_attempt=timezone.now())
+            assert attempt(delivery).number == number
+            delivery.refresh_from_db()
+            if delay:
+                assert delivery.next_attempt - timezone.now() > timedelta(seconds=delay - 5)
+        assert delivery.status == "failed" and delivery.next_attempt is None
+        ids = {r.headers["webhook-id"] for r in receiver.wait(3)}
+        assert ids == {delivery.webhook_id}
+    finally:
+        receiver.stop()
+
+
+def test_a_receiver_that_hangs_times_out_and_is_retried(alice, no_queue, webhook_settings):
+    webhook_settings.WEBHOOKS_TIMEOUT = 0.5
+    receiver = Receiver([HANG])
+    try:
+        endpoint_of(alice, receiver.url)
+        stopped_run(alice, no_queue)
+        delivery = Delivery.objects.get()
+        timed_out = attempt(delivery)
+        assert timed_out.outcome == "timeout" and timed_out.status_code is None
+        assert 400 <= timed_out.duration_ms < 2000, timed_out.duration_ms
+        Delivery.objects.filter(pk=delivery.pk).update(next_attempt=timezone.now())
+        assert attempt(delivery).outcome == "delivered"
+    finally:
+        receiver.stop()
+
+
+def test_a_redirect_is_a_failed_attempt_not_followed(alice, no_queue):
+    receiver = Receiver([302])
+    try:
+        endpoint_of(alice, receiver.url)
+        stopped_run(alice, no_queue)
+        done = attempt(Delivery.objects.get())
+        assert (done.outcome, done.status_code) == ("http_error", 302)
+        assert "redirect" in done.error
+        assert len(receiver.received) == 1
+    finally:
+        receiver.stop()
+
+
+def test_a_connection_refused_is_a_connection_error(alice, no_queue, receiver):
+    endpoint_of(alice, "http://127.0.0.1:9/hook")  # nothing listens on the discard port
+    stopped_run(alice, no_queue)
+    assert attempt(Delivery.objects.get()).outcome == "connection_error"
+
+
+def test_a_private_address_is_refused_at_delivery(alice, no_queue, receiver, webhook_settings):
+    endpoint_of(alice, receiver.url)  # saved while private addresses were allowed
+    stopped_run(alice, no_queue)
+    webhook_settings.WEBHOOKS_ALLOW_PRIVATE = False
+    refused = attempt(Delivery.objects.get())
+    assert refused.outcome == "refused" and "WEBHOOKS_ALLOW_PRIVATE" in refused.error
+    assert "127.0.0.1" in refused.error and receiver.received == []
+
+
+def test_one_attempt_at_a_time(alice, no_queue, webhook_settings):
+    webhook_settings.WEBHOOKS_TIMEOUT = 1
+    receiver = Receiver([HANG])
+    try:
+        endpoint_of(alice, receiver.url)
+        stopped_run(alice, no_queue)
+        delivery = Delivery.objects.get()
+        first = threading.Thread(target=attempt, args=(delivery,))
+        first.start()
+        receiver.wait(1)
+        assert attempt(delivery) is None  # a redelivered task, a second sweep: no second POST
+        first.join(5)
+        assert len(receiver.received) == 1
+        assert list(Attempt.objects.values_list("outcome", flat=True)) == ["timeout"]
+    finally:
+        receiver.stop()
+
+
+def test_a_one_off_webhook_gets_the_end_signed_with_the_users_secret(alice, no_queue, receiver):
+    thread = new_thread(alice, tools=["calculator", "ask_user"], approve_tools=["calculator"])
+    run = agents.agent_start(user=alice, thread=thread, webhook=receiver.url,
+                             message='/tool calculator {"expression": "6*7"}')  # fmt: skip
+    no_queue.run()
+    assert Run.objects.get(pk=run.pk).status == Run.Status.WAITING
+    assert not Delivery.objects.exists()  # a one-off webhook gets the end only
+    lifecycle.run_stop(run=run)
+    delivery = Delivery.objects.get()
+    assert (delivery.endpoint, delivery.url, delivery.event) == (None, receiver.url, "run.stopped")
+    assert attempt(delivery).outcome == "delivered"
+    (got,) = receiver.wait(1)
+    secret = services.signing_secret_get(owner=alice).secret
+    assert Webhook(secret).verify(got.body, got.headers)["data"]["status"] == "stopped"
+
+
+def test_the_sweep_sends_what_is_due_once(alice, no_queue, receiver, settings):
+    endpoint_of(alice, receiver.url)
+    stopped_run(alice, no_queue)
+    delivery = Delivery.objects.get()
+    no_queue.sent.clear()
+    assert services.deliveries_sweep() == 0  # its task was sent on commit, just now
+    Delivery.objects.update(enqueued=None)  # the broker refused it
+    assert services.deliveries_sweep() == 1
+    assert services.deliveries_sweep() == 0
+    assert no_queue.args(deliver_webhook_task) == [[str(delivery.pk)]]
+    Delivery.objects.update(enqueued=timezone.now() - timedelta(seconds=120))  # a lost message
+    assert services.deliveries_sweep() == 1
+    no_queue.run()
+    assert Delivery.objects.get().status == "delivered"
+    Delivery.objects.update(status="pending", next_attempt=timezone.now() + timedelta(hours=1),
+                            enqueued=None)  # fmt: skip
+    assert services.deliveries_sweep() == 0  # not due
+
+
+def test_ended_deliveries_beyond_the_kept_count_are_pruned(alice, receiver, settings):
+    settings.WEBHOOKS_DELIVERIES_KEPT = 3
+    endpoint = endpoint_of(alice, receiver.url)
+    for status in ["delivered"] * 4 + ["failed"] + ["pending"] * 2:
+        Delivery.objects.create(owner=alice, endpoint=endpoint, event="run.completed", body="{}",
+                                status=status)  # fmt: skip
+    services.deliveries_prune()
+    assert Delivery.objects.filter(status="pending").count() == 2
+    assert Delivery.objects.exclude(status="pending").count() == 3
+
+
+def test_the_admin_sends_a_delivery_again_with_the_same_id(alice, no_queue, admin_client):
+    receiver = Receiver([500])
+    try:
+        endpoint_of(alice, receiver.url)
+        stopped_run(alice, no_queue)
+        delivery = Delivery.objects.get()
+        Delivery.objects.update(status="failed", next_attempt=None)  # as if its schedule ran out
+        attempt_row = Attempt.objects.create(delivery=delivery, number=1, started=timezone.now(),
+                                             duration_ms=1, outcome="http_error")  # fmt: skip
+        Delivery.objects.update(attempts=1)
+        no_queue.sent.clear()
+        r = admin_client.post("/admin/webhooks/delivery/", {
+            "action": "send_again", "_selected_action": [str(delivery.pk)]})  # fmt: skip
+        assert r.status_code == 302
+        no_queue.run()
+        assert attempt_row.delivery.attempt_set.count() == 2
+        delivery.refresh_from_db()
+        assert delivery.status == "pending" and delivery.resent_after == 1
+        assert receiver.wait(1)[0].headers["webhook-id"] == delivery.webhook_id
+        page = admin_client.get(f"/admin/webhooks/delivery/{delivery.pk}/change/")
+        assert page.status_code == 200 and b"http_error" in page.content
+    finally:
+        receiver.stop()
+
+
+def test_a_payload_over_the_cap_leaves_the_requests_out(alice, no_queue, receiver, settings):
+    settings.WEBHOOKS_MAX_PAYLOAD_BYTES = 200
+    endpoint_of(alice, receiver.url)
+    waiting_run(alice, no_queue)
+    body = json.loads(Delivery.objects.get().body)
+    assert body["truncated"] is True and body["data"]["pending"][0].keys() == {"id", "kind"}
