@@ -30,9 +30,12 @@ def post(url, body, headers, *, timeout, allow_private, max_bytes):
     """POST `body` (bytes) to `url`; the Result says what became of it. Never raises for what a
     receiver does."""
     parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        return Result(Outcome.REFUSED, error=f"not a valid URL: {exc}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return Result(Outcome.REFUSED, error="not an http:// or https:// URL")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         addresses = resolve(parts.hostname, port, allow_private=allow_private)
     except PermissionError as exc:

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from celery import current_app
 from django.conf import settings
@@ -49,6 +50,10 @@ class TooManyWebhooks(ServiceError):
 def url_refusal(url):
     """Why a webhook may not be sent to `url` (http(s), public addresses unless
     WEBHOOKS_ALLOW_PRIVATE), or None. Each attempt checks the addresses it dials again."""
+    try:
+        urlsplit(url).port  # noqa: B018  (raises for a port out of range)
+    except ValueError as exc:
+        return f"Enter a valid URL: {exc}."
     reason = refusal(url, allow_private=settings.WEBHOOKS_ALLOW_PRIVATE)
     if reason and "public" in reason:
         reason += " (an administrator can allow private addresses: WEBHOOKS_ALLOW_PRIVATE=1)"

@@ -158,3 +158,12 @@ def test_a_workflow_run_takes_a_one_off_webhook(alice_api, alice, no_queue):
     r = alice_api.post(path, {"webhook": URL})
     assert r.status_code == 202, r.data
     assert RunWebhook.objects.get(run_id=r.data["id"]).url == URL
+
+
+def test_a_port_out_of_range_is_a_400_not_a_500(alice_api, alice, no_queue):
+    r = create(alice_api, url="http://hooks.example.com:99999/hook")
+    assert r.status_code == 400 and "url" in r.data
+    thread = create_thread(owner=alice, agent=alice.agents.get())
+    body = {"message": "hi", "webhook": "http://hooks.example.com:99999/hook"}
+    r = alice_api.post(f"/api/threads/{thread.pk}/runs/", body)
+    assert r.status_code == 400, r.data

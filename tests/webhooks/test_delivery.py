@@ -5,6 +5,9 @@ a hanging receiver times out, redirects are not followed, private addresses are 
 delivery, one attempt at a time, the sweep sends what is due, and old deliveries are pruned."""
 
 import json
+import socket
+import subprocess
+import sys
 import threading
 from datetime import timedelta
 
@@ -20,7 +23,8 @@ from webhooks import services
 from webhooks.models import Attempt, Delivery
 from webhooks.tasks import deliver_webhook_task
 
-from conftest import new_thread, waiting_run
+from conftest import new_thread, wait_for, waiting_run
+from live import ROOT, free_port
 from webhook_receiver import HANG, Receiver
 
 pytestmark = pytest.mark.django_db(transaction=True)  # on_commit sends, as in production
@@ -277,3 +281,43 @@ def test_a_payload_over_the_cap_leaves_the_requests_out(alice, no_queue, receive
     waiting_run(alice, no_queue)
     body = json.loads(Delivery.objects.get().body)
     assert body["truncated"] is True and body["data"]["pending"][0].keys() == {"id", "kind"}
+
+
+def test_the_receiver_in_the_deploy_docs_verifies_a_delivery(alice, no_queue, tmp_path):
+    """docs/deploy.md's ten-line receiver, as written, with the secret and port filled in."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    section = text[text.index("## Receiving webhooks") :]
+    start = section.index("```python\n") + len("```python\n")
+    code = section[start : section.index("```", start)]
+    port = free_port()
+    endpoint = endpoint_of(alice, f"http://127.0.0.1:{port}/")
+    code = code.replace('"whsec_..."', repr(endpoint.secret))
+    code = code.replace('("0.0.0.0", 8080)', f'("127.0.0.1", {port})')
+    script = tmp_path / "receiver.py"
+    script.write_text(code)
+    process = subprocess.Popen([sys.executable, "-u", str(script)], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        wait_for(lambda: _listening(port), timeout=10, message="the receiver to listen")
+        stopped_run(alice, no_queue)
+        delivery = Delivery.objects.get()
+        done = attempt(delivery)
+        assert (done.outcome, done.status_code) == ("delivered", 204)
+        services.endpoint_rotate(endpoint=endpoint)  # signed with a secret it does not know
+        Delivery.objects.filter(pk=delivery.pk).update(
+            status="pending", next_attempt=timezone.now()
+        )
+        refused = attempt(delivery)
+        assert (refused.outcome, refused.status_code) == ("http_error", 400)
+    finally:
+        process.kill()
+    output = process.communicate(timeout=5)[0]
+    assert f"{delivery.webhook_id} run.stopped stopped" in output, output
+
+
+def _listening(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
