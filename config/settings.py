@@ -263,9 +263,12 @@ except ValueError:
     ) from None
 if any(not 0 <= delay <= 7 * 86400 for delay in WEBHOOKS_RETRY_SCHEDULE):
     raise ImproperlyConfigured("WEBHOOKS_RETRY_SCHEDULE's delays must be 0 to 604800 seconds")
+# seconds a rotated secret still signs beside the new one (a second signature)
+WEBHOOKS_ROTATION_GRACE = env_int("WEBHOOKS_ROTATION_GRACE", 24 * 3600)
 WEBHOOKS_SWEEP_SECONDS = env_float("WEBHOOKS_SWEEP_SECONDS", 5)
 WEBHOOKS_REQUEUE_SECONDS = env_float("WEBHOOKS_REQUEUE_SECONDS", 60)
 WEBHOOKS_DELIVERIES_KEPT = env_int("WEBHOOKS_DELIVERIES_KEPT", 100)  # ended ones, per endpoint
+WEBHOOKS_PENDING_MAX = env_int("WEBHOOKS_PENDING_MAX", 1000)  # pending ones, per endpoint
 WEBHOOKS_MAX_PAYLOAD_BYTES = env_int("WEBHOOKS_MAX_PAYLOAD_BYTES", 64 * 1024)
 WEBHOOKS_RESPONSE_MAX_BYTES = env_int("WEBHOOKS_RESPONSE_MAX_BYTES", 4096)  # read of an answer
 

@@ -30,7 +30,7 @@ class DeliveryAdmin(admin.ModelAdmin):
     raw_id_fields = ["owner", "endpoint", "run"]
     readonly_fields = [
         "owner", "endpoint", "url", "run", "event", "body", "status", "attempts", "resent_after",
-        "next_attempt", "claimed_until", "enqueued", "created", "ended",
+        "next_attempt", "claimed_until", "enqueued", "created", "ended", "error",
     ]  # fmt: skip
     inlines = [AttemptInline]
     actions = ["send_again"]

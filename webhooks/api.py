@@ -61,7 +61,7 @@ class DeliverySerializer(serializers.ModelSerializer):
     class Meta:
         model = Delivery
         fields = ["webhook_id", "event", "run", "status", "next_attempt", "created", "ended",
-                  "attempts"]  # fmt: skip
+                  "error", "attempts"]  # fmt: skip
 
 
 @extend_schema_view(

@@ -4,9 +4,11 @@ transaction that ends or parks the run) and the record of each attempt."""
 import base64
 import secrets
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from agents.secrets import sealed
 from runs.models import Run
@@ -26,7 +28,41 @@ def new_secret():
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-class Endpoint(models.Model):
+class Signing(models.Model):
+    """A signing secret, sealed at rest, and the one it replaced: that one signs too (a second
+    signature, as Standard Webhooks allows) for WEBHOOKS_ROTATION_GRACE seconds after a
+    rotation, so a receiver can switch to the new secret without refusing a delivery."""
+
+    secret_sealed = models.TextField(editable=False)
+    previous_secret_sealed = models.TextField(editable=False, blank=True)
+    previous_expires = models.DateTimeField(null=True, blank=True, editable=False)
+
+    secret = sealed("secret_sealed")
+    previous_secret = sealed("previous_secret_sealed")
+
+    class Meta:
+        abstract = True
+
+    def rotate(self):
+        """A new secret (returned); the old one signs beside it for the grace period."""
+        grace = settings.WEBHOOKS_ROTATION_GRACE
+        self.previous_secret_sealed = self.secret_sealed if grace > 0 else ""
+        self.previous_expires = timezone.now() + timedelta(seconds=grace) if grace > 0 else None
+        secret = new_secret()
+        self.secret = secret
+        self.save(update_fields=["secret_sealed", "previous_secret_sealed", "previous_expires",
+                                 "updated"])  # fmt: skip
+        return secret
+
+    def signing_secrets(self, now):
+        """The secrets that sign an attempt made at `now`."""
+        secrets = [self.secret]
+        if self.previous_secret_sealed and self.previous_expires and now < self.previous_expires:
+            secrets.append(self.previous_secret)
+        return secrets
+
+
+class Endpoint(Signing):
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, models.CASCADE, related_name="webhook_endpoints"
     )
@@ -34,11 +70,8 @@ class Endpoint(models.Model):
     events = models.JSONField(default=list)
     description = models.CharField(max_length=200, blank=True)
     enabled = models.BooleanField(default=True)
-    secret_sealed = models.TextField(editable=False)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
-
-    secret = sealed("secret_sealed")
 
     class Meta:
         ordering = ["id"]
@@ -47,17 +80,14 @@ class Endpoint(models.Model):
         return self.url
 
 
-class SigningSecret(models.Model):
+class SigningSecret(Signing):
     """The secret that signs a user's one-off deliveries (a run started with a `webhook`)."""
 
     owner = models.OneToOneField(
         settings.AUTH_USER_MODEL, models.CASCADE, related_name="webhook_signing_secret"
     )
-    secret_sealed = models.TextField(editable=False)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
-
-    secret = sealed("secret_sealed")
 
     def __str__(self):
         return f"signing secret of {self.owner}"
@@ -110,6 +140,7 @@ class Delivery(models.Model):
     enqueued = models.DateTimeField(null=True, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     ended = models.DateTimeField(null=True, blank=True)
+    error = models.CharField(max_length=200, blank=True, help_text="why it ended unattempted")
 
     objects = DeliveryQuerySet.as_manager()
 

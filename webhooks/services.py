@@ -15,12 +15,13 @@ from urllib.parse import urlsplit
 
 from celery import current_app
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
 from agents.connections import refusal
+from agents.secrets import SecretUnreadable
 from runs.api import RunSerializer
 from runs.errors import ServiceError
 
@@ -80,11 +81,9 @@ def endpoint_create(*, owner, **fields):
 
 
 def endpoint_rotate(*, endpoint):
-    """Give the endpoint a new secret, at once: attempts from now on are signed with it."""
-    secret = new_secret()
-    endpoint.secret = secret
-    endpoint.save(update_fields=["secret_sealed", "updated"])
-    return secret
+    """Give the endpoint a new secret: attempts from now on are signed with it, and with the
+    old one too for WEBHOOKS_ROTATION_GRACE seconds."""
+    return endpoint.rotate()
 
 
 def signing_secret_get(*, owner):
@@ -103,8 +102,7 @@ def signing_secret_get(*, owner):
 
 def signing_secret_rotate(*, owner):
     found = signing_secret_get(owner=owner)
-    found.secret = new_secret()
-    found.save(update_fields=["secret_sealed", "updated"])
+    found.rotate()
     return found
 
 
@@ -213,18 +211,23 @@ def delivery_attempt(*, delivery_id):
 
 
 def _send(delivery, started):
+    signing = delivery.endpoint if delivery.endpoint_id else _one_off_signing(delivery)
     try:
-        secret = delivery.endpoint.secret if delivery.endpoint_id else _one_off_secret(delivery)
-    except Exception as exc:  # SecretUnreadable: the keys changed without a rotation
+        secrets = signing.signing_secrets(started)
+    except SecretUnreadable as exc:  # the keys changed without a rotation
         return sender.Result(Attempt.Outcome.REFUSED, error=str(exc)[:500])
-    signature = Webhook(secret).sign(delivery.webhook_id, started, delivery.body)
+    signatures = [Webhook(s).sign(delivery.webhook_id, started, delivery.body) for s in secrets]
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "Relay-Webhooks/1",
         "webhook-id": delivery.webhook_id,
         "webhook-timestamp": str(int(started.timestamp())),
-        "webhook-signature": signature,
+        "webhook-signature": " ".join(signatures),
     }
+    # The POST may take WEBHOOKS_TIMEOUT: its thread gives its database connection back to the
+    # pool meanwhile (the worker's threads would otherwise hold one each, doing nothing).
+    if not connection.in_atomic_block:
+        connection.close()
     return sender.post(
         delivery.target,
         delivery.body.encode(),
@@ -235,8 +238,8 @@ def _send(delivery, started):
     )
 
 
-def _one_off_secret(delivery):
-    return signing_secret_get(owner=delivery.owner).secret
+def _one_off_signing(delivery):
+    return signing_secret_get(owner=delivery.owner)
 
 
 def _record(delivery, number, lease, started, duration, result):
@@ -258,7 +261,9 @@ def _record(delivery, number, lease, started, duration, result):
             response=result.response[:1000],
         )  # fmt: skip
         # this attempt's lease: one that lapsed and was claimed again is no longer ours
-        Delivery.objects.filter(pk=delivery.pk, claimed_until=lease).update(**changes)
+        ours = Delivery.objects.filter(pk=delivery.pk, claimed_until=lease).update(**changes)
+    if ours and "ended" in changes:
+        deliveries_prune(owner_id=delivery.owner_id, endpoint_id=delivery.endpoint_id)
     log.info("webhook %s attempt %s: %s %s", delivery.webhook_id, number, result.outcome,
              result.status_code or result.error)  # fmt: skip
     return attempt
@@ -290,22 +295,41 @@ def deliveries_sweep():
         if Delivery.objects.filter(pk=delivery_id, enqueued=enqueued).update(enqueued=now):
             sent.append(str(delivery_id))
     send_tasks(sent)
-    deliveries_prune()
+    deliveries_cap_pending()
     return len(sent)
 
 
-def deliveries_prune():
-    """Keep the newest WEBHOOKS_DELIVERIES_KEPT ended deliveries of each endpoint (and of each
-    user's one-off ones); older ended ones go, with their attempts."""
+def deliveries_prune(*, owner_id, endpoint_id):
+    """Keep the newest WEBHOOKS_DELIVERIES_KEPT ended deliveries of an endpoint (or of a
+    user's one-off ones, endpoint_id None); older ended ones go, with their attempts. Called
+    as each delivery ends: a few rows at a time, on the (endpoint, created) index."""
+    ended = Delivery.objects.filter(owner_id=owner_id, endpoint_id=endpoint_id).exclude(
+        status=Delivery.Status.PENDING
+    )
     kept = settings.WEBHOOKS_DELIVERIES_KEPT
-    ended = Delivery.objects.exclude(status=Delivery.Status.PENDING)
+    old = list(ended.order_by("-created").values_list("pk", flat=True)[kept : kept + 1000])
+    if old:
+        Delivery.objects.filter(pk__in=old).delete()
+
+
+def deliveries_cap_pending():
+    """End failed the oldest pending deliveries of an endpoint (or of a user's one-off ones)
+    beyond WEBHOOKS_PENDING_MAX: a receiver down for a day must not grow the outbox without
+    bound. Pending rows are few, and the partial index holds only them."""
+    limit, now = settings.WEBHOOKS_PENDING_MAX, timezone.now()
+    pending = Delivery.objects.filter(status=Delivery.Status.PENDING)
     crowded = (
-        ended.values("owner_id", "endpoint_id")
+        pending.values("owner_id", "endpoint_id")
         .annotate(count=Count("pk"))
-        .filter(count__gt=kept)
+        .filter(count__gt=limit)
         .order_by()
     )
     for group in crowded[:100]:
-        mine = ended.filter(owner_id=group["owner_id"], endpoint_id=group["endpoint_id"])
-        old = mine.order_by("-created").values_list("pk", flat=True)[kept:]
-        Delivery.objects.filter(pk__in=list(old[:1000])).delete()
+        mine = pending.filter(owner_id=group["owner_id"], endpoint_id=group["endpoint_id"])
+        old = list(mine.order_by("-created").values_list("pk", flat=True)[limit : limit + 1000])
+        dropped = Delivery.objects.filter(pk__in=old, status=Delivery.Status.PENDING).update(
+            status=Delivery.Status.FAILED, next_attempt=None, ended=now,
+            error=f"dropped: more than {limit} deliveries were pending (WEBHOOKS_PENDING_MAX)",
+        )  # fmt: skip
+        log.warning("webhooks: dropped %s pending deliveries of endpoint %s (user %s)", dropped,
+                    group["endpoint_id"], group["owner_id"])  # fmt: skip

@@ -115,6 +115,29 @@ def test_an_attempt_is_signed_and_verifies_with_standardwebhooks(alice, no_queue
     assert attempt(delivery) is None  # delivered: nothing more
 
 
+def test_a_rotated_secret_signs_beside_the_new_one_for_the_grace(alice, no_queue, receiver,
+                                                                 settings):  # fmt: skip
+    endpoint = endpoint_of(alice, receiver.url, events=["run.stopped"])
+    old = endpoint.secret
+    new = services.endpoint_rotate(endpoint=endpoint)
+    stopped_run(alice, no_queue)
+    settings.WEBHOOKS_ROTATION_GRACE = 0
+    stopped_run(alice, no_queue)  # rotated again below, without a grace: the old one is gone
+    first, second = Delivery.objects.order_by("created")
+    attempt(first)
+    endpoint.refresh_from_db()
+    newest = services.endpoint_rotate(endpoint=endpoint)
+    attempt(second)
+    with_grace, without = receiver.wait(2)
+    assert len(with_grace.headers["webhook-signature"].split(" ")) == 2
+    for secret in (old, new):
+        Webhook(secret).verify(with_grace.body, with_grace.headers)
+    assert len(without.headers["webhook-signature"].split(" ")) == 1
+    Webhook(newest).verify(without.body, without.headers)
+    with pytest.raises(Exception, match="signature"):
+        Webhook(new).verify(without.body, without.headers)
+
+
 def test_failures_are_retried_on_the_schedule_then_fail_for_good(alice, no_queue):
     receiver = Receiver(then=503)
     try:
@@ -245,9 +268,38 @@ def test_ended_deliveries_beyond_the_kept_count_are_pruned(alice, receiver, sett
     for status in ["delivered"] * 4 + ["failed"] + ["pending"] * 2:
         Delivery.objects.create(owner=alice, endpoint=endpoint, event="run.completed", body="{}",
                                 status=status)  # fmt: skip
-    services.deliveries_prune()
+    services.deliveries_prune(owner_id=alice.pk, endpoint_id=endpoint.pk)
     assert Delivery.objects.filter(status="pending").count() == 2
     assert Delivery.objects.exclude(status="pending").count() == 3
+
+
+def test_an_ended_delivery_prunes_its_endpoints_oldest(alice, no_queue, receiver, settings):
+    settings.WEBHOOKS_DELIVERIES_KEPT = 1
+    endpoint_of(alice, receiver.url)
+    for _ in range(2):
+        stopped_run(alice, no_queue)
+        no_queue.run()
+    assert list(Delivery.objects.values_list("status", flat=True)) == ["delivered"]
+    assert len(receiver.wait(2)) == 2
+
+
+def test_pending_deliveries_beyond_the_cap_fail_oldest_first(alice, receiver, settings):
+    settings.WEBHOOKS_PENDING_MAX = 2
+    endpoint = endpoint_of(alice, receiver.url)
+    rows = [
+        Delivery.objects.create(
+            owner=alice,
+            endpoint=endpoint,
+            event="run.completed",
+            body="{}",
+            next_attempt=timezone.now() + timedelta(hours=1),
+        )
+        for _ in range(3)
+    ]
+    services.deliveries_sweep()
+    statuses = {d.pk: (d.status, d.error) for d in Delivery.objects.all()}
+    assert statuses[rows[0].pk][0] == "failed" and "WEBHOOKS_PENDING_MAX" in statuses[rows[0].pk][1]
+    assert statuses[rows[1].pk][0] == statuses[rows[2].pk][0] == "pending"
 
 
 def test_the_admin_sends_a_delivery_again_with_the_same_id(alice, no_queue, admin_client):
@@ -283,7 +335,7 @@ def test_a_payload_over_the_cap_leaves_the_requests_out(alice, no_queue, receive
     assert body["truncated"] is True and body["data"]["pending"][0].keys() == {"id", "kind"}
 
 
-def test_the_receiver_in_the_deploy_docs_verifies_a_delivery(alice, no_queue, tmp_path):
+def test_the_receiver_in_the_deploy_docs_verifies_a_delivery(alice, no_queue, tmp_path, settings):
     """docs/deploy.md's ten-line receiver, as written, with the secret and port filled in."""
     text = (ROOT / "docs" / "deploy.md").read_text()
     section = text[text.index("## Receiving webhooks") :]
@@ -303,6 +355,7 @@ def test_the_receiver_in_the_deploy_docs_verifies_a_delivery(alice, no_queue, tm
         delivery = Delivery.objects.get()
         done = attempt(delivery)
         assert (done.outcome, done.status_code) == ("delivered", 204)
+        settings.WEBHOOKS_ROTATION_GRACE = 0
         services.endpoint_rotate(endpoint=endpoint)  # signed with a secret it does not know
         Delivery.objects.filter(pk=delivery.pk).update(
             status="pending", next_attempt=timezone.now()
