@@ -5,7 +5,7 @@ from django.contrib import admin, messages
 from runs.admin import ReadOnlyInline
 
 from . import services
-from .models import Attempt, Delivery, Endpoint
+from .models import Attempt, Delivery, Endpoint, new_secret
 
 
 @admin.register(Endpoint)
@@ -14,6 +14,11 @@ class EndpointAdmin(admin.ModelAdmin):
     list_filter = ["enabled"]
     search_fields = ["url", "owner__username"]
     raw_id_fields = ["owner"]
+
+    def save_model(self, request, obj, form, change):
+        if not obj.secret_sealed:  # one added here: its owner rotates it to learn it
+            obj.secret = new_secret()
+        super().save_model(request, obj, form, change)
 
 
 class AttemptInline(ReadOnlyInline):

@@ -125,11 +125,12 @@ def remember_webhook(sender, *, run, options, **kwargs):
         RunWebhook.objects.create(run=run, url=url)
 
 
-def on_run_changed(sender, *, run, **kwargs):
+def on_run_changed(sender, *, run, taken_back=False, **kwargs):
     """run_ended and run_waiting: a Delivery for each endpoint of the owner's that wants the
-    event (and the run's one-off URL, for an end), sent once the change commits."""
+    event (and the run's one-off URL, for an end), sent once the change commits. A start the
+    queue refused is no run's end: it is taken back, and its client was told so."""
     event = EVENT_OF_STATUS.get(run.status)
-    if event is None:
+    if event is None or taken_back:
         return
     endpoints = [
         endpoint
@@ -216,7 +217,10 @@ def _send(delivery, started):
         secrets = signing.signing_secrets(started)
     except SecretUnreadable as exc:  # the keys changed without a rotation
         return sender.Result(Attempt.Outcome.REFUSED, error=str(exc)[:500])
-    signatures = [Webhook(s).sign(delivery.webhook_id, started, delivery.body) for s in secrets]
+    try:
+        signatures = [Webhook(s).sign(delivery.webhook_id, started, delivery.body) for s in secrets]
+    except Exception as exc:  # an endpoint an administrator added without a secret
+        return sender.Result(Attempt.Outcome.REFUSED, error=f"cannot sign: {exc}"[:500])
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "Relay-Webhooks/1",

@@ -18,6 +18,7 @@ from standardwebhooks.webhooks import Webhook
 
 from agents import services as agents
 from runs import lifecycle
+from runs.errors import QueueUnavailable
 from runs.models import Run
 from webhooks import services
 from webhooks.models import Attempt, Delivery
@@ -374,3 +375,16 @@ def _listening(port):
         return True
     except OSError:
         return False
+
+
+def test_a_start_the_queue_refused_sends_no_webhook(alice, no_queue, receiver, monkeypatch):
+    endpoint_of(alice, receiver.url)
+    thread = new_thread(alice)
+
+    def refuse(run_id):
+        raise ConnectionError("the broker is away")
+
+    monkeypatch.setattr(lifecycle, "send_run_task", refuse)
+    with pytest.raises(QueueUnavailable):
+        agents.agent_start(user=alice, thread=thread, message="hi", webhook=receiver.url)
+    assert not Run.objects.exists() and not Delivery.objects.exists()
