@@ -25,7 +25,7 @@ from agents.secrets import SecretUnreadable
 from runs.api import RunSerializer
 from runs.errors import ServiceError
 
-from . import sender
+from . import sender, signals
 from .models import (
     EVENT_OF_STATUS,
     ONE_OFF_EVENTS,
@@ -268,6 +268,9 @@ def _record(delivery, number, lease, started, duration, result):
         ours = Delivery.objects.filter(pk=delivery.pk, claimed_until=lease).update(**changes)
     if ours and "ended" in changes:
         deliveries_prune(owner_id=delivery.owner_id, endpoint_id=delivery.endpoint_id)
+    if ours:
+        delivery.status = changes.get("status", delivery.status)
+    signals.attempt_recorded.send(Attempt, attempt=attempt, delivery=delivery)
     log.info("webhook %s attempt %s: %s %s", delivery.webhook_id, number, result.outcome,
              result.status_code or result.error)  # fmt: skip
     return attempt

@@ -20,8 +20,8 @@ from agents import services as agents
 from runs import lifecycle
 from runs.errors import QueueUnavailable
 from runs.models import Run
-from webhooks import services
-from webhooks.models import Attempt, Delivery
+from webhooks import services, signals
+from webhooks.models import Attempt, Delivery, Endpoint
 from webhooks.tasks import deliver_webhook_task
 
 from conftest import new_thread, wait_for, waiting_run
@@ -180,6 +180,27 @@ def test_a_receiver_that_hangs_times_out_and_is_retried(alice, no_queue, webhook
         assert attempt(delivery).outcome == "delivered"
     finally:
         receiver.stop()
+
+
+def test_a_disabled_endpoints_pending_delivery_ends_unsent(alice, no_queue, receiver):
+    endpoint = endpoint_of(alice, receiver.url)
+    stopped_run(alice, no_queue)
+    Endpoint.objects.filter(pk=endpoint.pk).update(enabled=False)
+    seen = []
+    signals.attempt_recorded.connect(lambda sender, **kw: seen.append(kw), weak=False,
+                                     dispatch_uid="test")  # fmt: skip
+    try:
+        Delivery.objects.update(attempts=len(settings_schedule()))  # its last attempt
+        done = attempt(Delivery.objects.get())
+    finally:
+        signals.attempt_recorded.disconnect(dispatch_uid="test")
+    assert (done.outcome, done.error) == ("refused", "the endpoint is disabled")
+    assert Delivery.objects.get().status == "failed" and receiver.received == []
+    assert [(s["attempt"].outcome, s["delivery"].status) for s in seen] == [("refused", "failed")]
+
+
+def settings_schedule():
+    return services.retry_schedule()
 
 
 def test_a_redirect_is_a_failed_attempt_not_followed(alice, no_queue):
