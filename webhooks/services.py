@@ -40,6 +40,7 @@ from .models import (
 log = logging.getLogger(__name__)
 
 DELIVER_TASK = "webhooks.tasks.deliver_webhook_task"
+QUEUE = "webhooks"  # CELERY_TASK_ROUTES sends the tasks there
 SWEEP_BATCH = 500  # deliveries one sweep sends; the next sweep takes the rest
 
 
@@ -296,7 +297,13 @@ def deliveries_sweep():
     never both send it. Returns how many were sent."""
     now = timezone.now()
     stale = now - timedelta(seconds=settings.WEBHOOKS_REQUEUE_SECONDS)
-    due = Delivery.objects.due(now).filter(Q(enqueued=None) | Q(enqueued__lt=stale))
+    unsent = Q(enqueued=None)
+    # A task sent long ago may be lost, or only waiting: with no worker on the queue, sending
+    # it again each minute would grow the queue without bound. So only while the queue is
+    # short: its messages are then being taken, and a stale one was lost.
+    due = Delivery.objects.due(now).filter(
+        unsent | Q(enqueued__lt=stale) if queue_length() < SWEEP_BATCH else unsent
+    )
     sent = []
     for delivery_id, enqueued in due.values_list("pk", "enqueued")[:SWEEP_BATCH]:
         if Delivery.objects.filter(pk=delivery_id, enqueued=enqueued).update(enqueued=now):
@@ -304,6 +311,17 @@ def deliveries_sweep():
     send_tasks(sent)
     deliveries_cap_pending()
     return len(sent)
+
+
+def queue_length():
+    """The messages waiting on the webhooks queue (a Redis list, on the Redis broker); 0 when
+    it cannot be read."""
+    try:
+        with current_app.connection_for_write() as connection:
+            return connection.default_channel.client.llen(QUEUE)
+    except Exception as exc:
+        log.warning("webhooks: cannot read the queue's length: %s", exc)
+        return 0
 
 
 def deliveries_prune(*, owner_id, endpoint_id):

@@ -409,3 +409,16 @@ def test_a_start_the_queue_refused_sends_no_webhook(alice, no_queue, receiver, m
     with pytest.raises(QueueUnavailable):
         agents.agent_start(user=alice, thread=thread, message="hi", webhook=receiver.url)
     assert not Run.objects.exists() and not Delivery.objects.exists()
+
+
+def test_the_sweep_sends_a_stale_task_again_only_while_the_queue_is_short(
+    alice, no_queue, receiver, monkeypatch
+):
+    endpoint_of(alice, receiver.url)
+    stopped_run(alice, no_queue)
+    assert services.queue_length() == 0  # the session's Redis: nothing waits on `webhooks`
+    Delivery.objects.update(enqueued=timezone.now() - timedelta(seconds=120))
+    monkeypatch.setattr(services, "queue_length", lambda: services.SWEEP_BATCH)  # no worker
+    assert services.deliveries_sweep() == 0
+    Delivery.objects.update(enqueued=None)  # never sent: sent whatever the queue holds
+    assert services.deliveries_sweep() == 1
