@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from celery import current_app
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
@@ -96,7 +96,7 @@ def signing_secret_get(*, owner):
         try:
             with transaction.atomic():
                 found.save()
-        except Exception:  # a concurrent first ask made it: that one is the secret
+        except IntegrityError:  # a concurrent first ask made it: that one is the secret
             found = SigningSecret.objects.get(owner=owner)
     return found
 
@@ -133,6 +133,16 @@ def on_run_changed(sender, *, run, taken_back=False, **kwargs):
     event = EVENT_OF_STATUS.get(run.status)
     if event is None or taken_back:
         return
+    # A fault here must not keep the run from ending (the exception would roll its end back):
+    # in a savepoint of its own, logged, the run's change commits without its deliveries.
+    try:
+        with transaction.atomic():
+            _write_deliveries(run, event)
+    except Exception:
+        log.exception("run %s: its %s webhooks could not be written", run.pk, event)
+
+
+def _write_deliveries(run, event):
     endpoints = [
         endpoint
         for endpoint in Endpoint.objects.filter(owner_id=run.owner_id, enabled=True)

@@ -422,3 +422,15 @@ def test_the_sweep_sends_a_stale_task_again_only_while_the_queue_is_short(
     assert services.deliveries_sweep() == 0
     Delivery.objects.update(enqueued=None)  # never sent: sent whatever the queue holds
     assert services.deliveries_sweep() == 1
+
+
+def test_a_fault_in_the_webhooks_does_not_keep_a_run_from_ending(alice, no_queue, receiver,
+                                                                 monkeypatch):  # fmt: skip
+    endpoint_of(alice, receiver.url)
+
+    def broken(run, event):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(services, "payload", broken)
+    stopped_run(alice, no_queue)  # asserts it is stopped
+    assert not Delivery.objects.exists()
