@@ -23,6 +23,7 @@ from runs.api import (
     RunSerializer,
     within_message_limit,
 )
+from runs.idempotency import idempotent
 from runs.models import FollowUp, Run, Thread
 
 from . import tools
@@ -214,14 +215,15 @@ class ThreadViewSet(
     @extend_schema(
         methods=["POST"],
         request=RunStartSerializer,
-        responses={
-            202: PolymorphicProxySerializer(
+        parameters=[openapi.IDEMPOTENCY_KEY],
+        responses=openapi.idempotent_start(
+            PolymorphicProxySerializer(
                 component_name="RunOrFollowUp",
                 serializers=[RunSerializer, FollowUpSerializer],
                 resource_type_field_name=None,
             ),
-            **openapi.QUEUEING_START_ERRORS,
-        },
+            openapi.QUEUEING_START_ERRORS,
+        ),
         description="202 with the run; or, when the message was queued behind the thread's"
         ' active run (`"if_busy": "enqueue"`), with the follow-up (`follow_up`, `position`):'
         " its run starts when the runs before it end, announced on the thread's stream"
@@ -243,6 +245,9 @@ class ThreadViewSet(
         if request.method == "GET":
             page = self.paginate_queryset(thread.runs.select_related(*RunSerializer.related()))
             return self.get_paginated_response(RunSerializer(page, many=True).data)
+        return idempotent(request, lambda: self._start(request, thread))
+
+    def _start(self, request, thread):
         data = RunStartSerializer(data=request.data, context={"request": request})
         data.is_valid(raise_exception=True)
         started = agent_start(user=request.user, thread=thread, **data.validated_data)

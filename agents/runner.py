@@ -34,6 +34,7 @@ class AgentLoop(RunLoop):
     still open, makes its calls as the person decided and goes on."""
 
     waits = True  # workflow steps cannot wait: their calls that need a person are refused
+    turns = 0  # the model turns this attempt has made
 
     def body(self):
         with closing_connection():
@@ -56,12 +57,15 @@ class AgentLoop(RunLoop):
             self._call_tools(open_calls, box, agent, resumed=True)
             with closing_connection():
                 history = history_messages(self.thread, agent)
+        if self.turns:  # a workflow's earlier agent step made turns: the run goes on
+            self.turn_ended()
         for _ in range(settings.RUN_MAX_TURNS):
             self._check()
             message = self._model_turn(model, history, schemas)
             self._check()
             if not message.tool_calls:
                 return message
+            self.turn_ended()  # before its calls are made: the integrations may end the run
             history.append(as_chat_message(message))
             results = self._call_tools(message.tool_calls, box, agent)
             history.extend(map(as_chat_message, results))
@@ -160,6 +164,7 @@ class AgentLoop(RunLoop):
         """Stream one model turn into a new assistant message, announcing the text in coalesced
         deltas. The message is saved whatever happens, so a stopped or failed turn keeps what
         was written."""
+        self.turns += 1
         with closing_connection():
             message = self.thread.append_message(role=Message.Role.ASSISTANT, run=self.run)
         text, calls, pending = [], [], []

@@ -70,7 +70,9 @@ INSTALLED_APPS = [
     "agents",
     "workflows",
     "scheduling",
+    "usage",
     "webhooks",
+    "ops",
 ]
 
 MIDDLEWARE = [
@@ -188,6 +190,9 @@ RUN_MAX_ACTIVE_PER_USER = env_int("RUN_MAX_ACTIVE_PER_USER", 10)
 RUN_FOLLOW_UPS_MAX = env_int("RUN_FOLLOW_UPS_MAX", 5)
 RUN_MESSAGE_MAX_BYTES = env_int("RUN_MESSAGE_MAX_BYTES", 32 * 1024)  # and workflow renders
 RUN_MAX_TURNS = env_int("RUN_MAX_TURNS", 8)
+# input + output tokens a user's runs may use per UTC day (0: no budget); a user's own budget,
+# set in the admin, overrides it (usage/models.py)
+RUN_DAILY_TOKEN_BUDGET = env_int("RUN_DAILY_TOKEN_BUDGET", 0)
 # attempts a run gets: one whose worker is lost is resumed by another until it has had them all
 RUN_MAX_ATTEMPTS = env_int("RUN_MAX_ATTEMPTS", 3)
 # seconds a run waits for a person's answer (an approval, a question) before it ends failed
@@ -205,6 +210,13 @@ RUN_EVENTS_MAXLEN = env_int("RUN_EVENTS_MAXLEN", 10_000)  # events kept per run 
 RUN_EVENTS_RETENTION = env_int("RUN_EVENTS_RETENTION", 3600)  # seconds a log lives after its run
 RUN_EVENTS_MAX_BYTES = env_int("RUN_EVENTS_MAX_BYTES", 1024 * 1024)  # a run log's cap (oldest go)
 RUN_EVENTS_RETAINED_PER_USER = env_int("RUN_EVENTS_RETAINED_PER_USER", 20)  # ended runs' logs kept
+# Idempotency-Key on starts (runs/idempotency.py): seconds a key's answer is replayed (then
+# purged), seconds a request waits for the answer of one in progress with its key (then 409),
+# seconds after which a claim with no run is taken to be a dead process's, and taken over.
+IDEMPOTENCY_KEY_TTL = env_int("IDEMPOTENCY_KEY_TTL", 24 * 3600)
+IDEMPOTENCY_KEY_WAIT = env_float("IDEMPOTENCY_KEY_WAIT", 10)
+IDEMPOTENCY_KEY_STALE = env_float("IDEMPOTENCY_KEY_STALE", 300)
+RUN_BULK_MAX = env_int("RUN_BULK_MAX", 100)  # runs one bulk stop or retry acts on
 SSE_KEEPALIVE_SECONDS = env_float("SSE_KEEPALIVE_SECONDS", 15)
 SSE_MAX_STREAMS_PER_USER = env_int("SSE_MAX_STREAMS_PER_USER", 50)  # open streams (429 above)
 # Pushpin's control URL (e.g. http://127.0.0.1:5561): GRIP mode, docs/deploy.md
@@ -296,12 +308,22 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULER = "scheduling.beat:Scheduler"  # DatabaseScheduler, safe against deletes
 CELERY_BEAT_SCHEDULE = {
     "reap-runs": {"task": "runs.tasks.reap_runs_task", "schedule": RUN_REAPER_SECONDS},
+    "purge-idempotency-keys": {"task": "runs.tasks.purge_idempotency_keys_task", "schedule": 600},
     "sweep-webhooks": {
         "task": "webhooks.tasks.sweep_webhooks_task",
         "schedule": WEBHOOKS_SWEEP_SECONDS,
     },
 }
 CELERY_TIMEZONE = "UTC"
+
+# Metrics for Prometheus (runs/metrics.py records them, ops/ serves them at /metrics). Off: no
+# process records anything (the scrape-time gauges are still served). /metrics answers 404 until
+# METRICS_TOKEN is set; then it wants `Authorization: Bearer <METRICS_TOKEN>`.
+METRICS_ENABLED = env_bool("METRICS_ENABLED", True)
+METRICS_TOKEN = env("METRICS_TOKEN", "")
+METRICS_QUEUES = env_list("METRICS_QUEUES", "runs,default,webhooks")  # relay_queue_length's
+# distinct values a capped label (a tool's name) may take; the others are counted as "other"
+METRICS_LABEL_VALUES_MAX = env_int("METRICS_LABEL_VALUES_MAX", 50)
 
 # Deepest nesting of arrays and objects in a request's JSON (400 beyond it).
 JSON_MAX_DEPTH = env_int("JSON_MAX_DEPTH", 32)
@@ -330,6 +352,8 @@ SPECTACULAR_SETTINGS = {
     "SCHEMA_PATH_PREFIX": "/api/",
     "OAS_VERSION": "3.1.0",  # JSON Schema 2020-12: the event stream's data can be described
     "COMPONENT_SPLIT_REQUEST": True,  # request bodies without the read-only fields
+    # a run's status, in runs and in the bulk actions' filter: one enum
+    "ENUM_NAME_OVERRIDES": {"RunStatusEnum": "runs.models.Run.Status"},
     "SERVE_INCLUDE_SCHEMA": False,
     # Public: the schema says no more than the README, and holds nothing of any user's.
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
@@ -341,5 +365,6 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "runs.openapi.complete_schema",
+        "usage.openapi.document_budget",
     ],
 }

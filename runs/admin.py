@@ -3,8 +3,9 @@ stop service, so its columns are read-only here. The apps that keep rows beside 
 add their inlines to these admins (ThreadAdmin.inlines, RunAdmin.inlines) from their own admin
 modules."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
 
+from .bulk import runs_stop
 from .models import FollowUp, InputRequest, Message, Run, Thread
 
 
@@ -63,6 +64,17 @@ class MessageAdmin(admin.ModelAdmin):
     raw_id_fields = ["thread", "run"]
 
 
+@admin.action(description="Stop selected runs")
+def stop_runs(modeladmin, request, queryset):
+    """Through the lifecycle, as the API's stop: a queued or waiting run ends at once, a running
+    one within a second."""
+    stopped, more = runs_stop(runs=queryset)
+    note = f"Asked {len(stopped)} active run(s) to stop."
+    if more:
+        note += f" Only the oldest {len(stopped)} (RUN_BULK_MAX): run the action again for more."
+    modeladmin.message_user(request, note, messages.SUCCESS)
+
+
 @admin.register(Run)
 class RunAdmin(admin.ModelAdmin):
     list_display = ["id", "owner", "thread", "kind", "status", "trigger", "created", "finished"]
@@ -74,3 +86,4 @@ class RunAdmin(admin.ModelAdmin):
         "requeued", "input_tokens", "output_tokens", "created", "started", "finished",
     ]  # fmt: skip
     inlines = [InputRequestInline, MessageInline]
+    actions = [stop_runs]  # the apps of kinds add theirs (workflows: retry)

@@ -9,10 +9,11 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from . import openapi
+from .bulk import runs_retry, runs_stop
 from .errors import ServiceConflict
 from .lifecycle import run_respond, run_retry, run_stop
 from .models import FollowUp, InputRequest, Message, Run
-from .parsers import integer, object_id
+from .parsers import MAX_ID, integer, object_id
 
 
 class OwnedPrimaryKeyField(serializers.PrimaryKeyRelatedField):
@@ -147,6 +148,76 @@ class RunFilterSerializer(serializers.Serializer):
     kind = serializers.CharField(max_length=20, required=False, help_text='"agent", "workflow"…')
 
 
+def id_filter(**kwargs):
+    """A filter on an object's id: one that can exist (a bigger one would overflow the query)."""
+    return serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False, **kwargs)
+
+
+class RunSelectionSerializer(serializers.Serializer):
+    """Which of the caller's runs a bulk action acts on: those that match every filter given (at
+    least one). The apps that keep rows beside runs add their filters (a run's agent, its
+    workflow) with `extend()` from their ready()."""
+
+    status = serializers.ChoiceField(Run.Status.choices, required=False)
+    thread = id_filter(help_text="a thread's id")
+    created_before = serializers.DateTimeField(required=False, help_text="runs created before")
+    ids = serializers.ListField(
+        child=serializers.UUIDField(), required=False, allow_empty=False,
+        help_text="runs' ids (RUN_BULK_MAX at most)",
+    )  # fmt: skip
+    lookups = {"status": "status", "thread": "thread", "created_before": "created__lt",
+               "ids": "pk__in"}  # fmt: skip
+    extensions = {}  # filter name -> (a function making the field, the lookup it filters on)
+
+    @classmethod
+    def extend(cls, name, make_field, *, lookup):
+        """Accept the filter `make_field()` makes as `name`, selecting runs by `lookup`."""
+        cls.extensions[name] = (make_field, lookup)
+
+    def get_fields(self):
+        fields = super().get_fields()
+        for name, (make_field, _) in self.extensions.items():
+            fields[name] = make_field()
+        return fields
+
+    def validate_ids(self, value):
+        if len(value) > settings.RUN_BULK_MAX:
+            raise serializers.ValidationError(
+                f"Ensure this field has no more than {settings.RUN_BULK_MAX} elements."
+            )
+        return list(dict.fromkeys(value))
+
+    def validate(self, data):
+        if not data:
+            names = ", ".join([*self.lookups, *self.extensions])
+            raise serializers.ValidationError(f"Give at least one filter: {names}.")
+        return data
+
+    def select(self, runs):
+        """The runs among `runs` that match."""
+        lookups = {**self.lookups, **{n: lookup for n, (_, lookup) in self.extensions.items()}}
+        return runs.filter(**{lookups[name]: value for name, value in self.validated_data.items()})
+
+
+class BulkStopSerializer(serializers.Serializer):
+    stopped = serializers.IntegerField(help_text="how many runs were asked to stop")
+    runs = serializers.ListField(child=serializers.UUIDField(), help_text="their ids")
+    more = serializers.BooleanField(help_text="more matched than RUN_BULK_MAX: call again")
+
+
+class RefusedSerializer(serializers.Serializer):
+    run = serializers.UUIDField(help_text="the failed run")
+    error = serializers.CharField(help_text="why its retry was refused: `thread_busy`, ...")
+    detail = serializers.CharField()
+
+
+class BulkRetrySerializer(serializers.Serializer):
+    retried = serializers.IntegerField(help_text="how many runs were retried")
+    runs = serializers.ListField(child=RunSerializer(), help_text="the new runs")
+    refused = RefusedSerializer(many=True)
+    more = serializers.BooleanField(help_text="more matched than RUN_BULK_MAX: call again")
+
+
 class RaceSafeWrites:
     """Creates and updates that race a delete answer as if they came one after the other, never
     500. An update locks its row (a delete waits for it, or it finds the object gone: 404), and
@@ -239,3 +310,44 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
     def retry(self, request, pk=None):
         run = run_retry(run=self.get_object())
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+    def _selected(self, request):
+        selection = RunSelectionSerializer(data=request.data)
+        selection.is_valid(raise_exception=True)
+        return selection.select(request.user.runs.all())
+
+    @extend_schema(
+        operation_id="runs_stop_many",
+        request=RunSelectionSerializer,
+        responses={202: BulkStopSerializer},
+        description="Stop your active runs (queued, running, waiting) that match every filter"
+        " given, at most RUN_BULK_MAX (the oldest first; `more` says whether there are others).",
+    )
+    @action(detail=False, methods=["post"], url_path="stop", url_name="stop-many")
+    def stop_many(self, request):
+        stopped, more = runs_stop(runs=self._selected(request))
+        body = {"stopped": len(stopped), "runs": [str(pk) for pk in stopped], "more": more}
+        return Response(body, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        operation_id="runs_retry_many",
+        request=RunSelectionSerializer,
+        responses={202: BulkRetrySerializer},
+        description="Retry your failed workflow runs that match every filter given and that"
+        " were not retried yet (a run a later run's `retry_of` names is left: its last retry is"
+        " the one to retry), at most RUN_BULK_MAX, the oldest first. A retry that is refused"
+        " (its thread busy, your cap on active runs, the queue down) is in `refused`.",
+    )
+    @action(detail=False, methods=["post"], url_path="retry", url_name="retry-many")
+    def retry_many(self, request):
+        started, refused, more = runs_retry(runs=self._selected(request))
+        body = {
+            "retried": len(started),
+            "runs": RunSerializer(started, many=True).data,
+            "refused": [
+                {"run": str(run.pk), "error": exc.code, "detail": exc.message}
+                for run, exc in refused
+            ],
+            "more": more,
+        }
+        return Response(body, status=status.HTTP_202_ACCEPTED)

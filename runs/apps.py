@@ -5,6 +5,7 @@ class RunsConfig(AppConfig):
     name = "runs"
 
     def ready(self):
-        from . import eventstream, tasks  # noqa: F401  (tasks: the engine's Celery tasks)
+        from . import eventstream, idempotency, signals, tasks  # noqa: F401  (tasks: Celery's)
 
         eventstream.install_resilient_listener()
+        signals.run_started.connect(idempotency.link_run, dispatch_uid="idempotency.link_run")

@@ -11,6 +11,10 @@ class ServiceError(Exception):
         self.message = message
         self.extra = extra  # more fields of the answer, such as the `field` or the `run` at fault
 
+    def headers(self):
+        """HTTP headers of the answer, such as a 429's Retry-After."""
+        return {}
+
 
 class ThreadBusy(ServiceError):
     status = 409
@@ -35,3 +39,13 @@ class TooManyFollowUps(ServiceError):
 class QueueUnavailable(ServiceError):
     status = 503
     code = "queue_unavailable"
+
+
+class IdempotencyKeyReused(ServiceError):
+    status = 422
+    code = "idempotency_key_reused"
+
+
+class IdempotencyKeyInProgress(ServiceError):
+    status = 409
+    code = "idempotency_key_in_progress"

@@ -20,7 +20,8 @@ class Pagination(pagination.PageNumberPagination):
 
 def exception_handler(exc, context):
     if isinstance(exc, ServiceError):
-        return Response({"detail": exc.message, "code": exc.code, **exc.extra}, status=exc.status)
+        body = {"detail": exc.message, "code": exc.code, **exc.extra}
+        return Response(body, status=exc.status, headers=exc.headers())
     if isinstance(exc, RequestDataTooBig):  # else Django's HTML 400
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         return Response(

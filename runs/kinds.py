@@ -16,6 +16,7 @@ class Kind:
 
     name = None
     loop = None
+    retryable = False  # whether `retry` can start a failed run again (bulk retries pick these)
 
     def check(self, *, user, thread, **details):
         """Refuse a start (raise a ServiceError) before anything is saved, or return the details
@@ -46,6 +47,11 @@ def register(kind):
         raise ValueError(f"a run kind named {kind.name!r} is registered already")
     _kinds[kind.name] = kind
     return kind
+
+
+def retryable():
+    """The names of the kinds whose failed runs can be retried."""
+    return [name for name, kind in _kinds.items() if kind.retryable]
 
 
 def get(name):

@@ -280,6 +280,7 @@ def run_wait(*, run, usage=None):
         ).update(**changes)  # fmt: skip
         if waiting:
             run.status = Run.Status.WAITING
+            _usage_added(run, usage)
             signals.run_waiting.send(Run, run=run)
     if waiting:
         stream.emit(run.pk, "run.status", status=run.status, error="", attempt=run.attempt)
@@ -291,10 +292,13 @@ def run_hand_back(*, run, usage=None):
     next worker goes on from what the database holds. Returns False when a stop was asked for
     meanwhile (the run then ends stopped, as asked)."""
     changes = {"status": Run.Status.QUEUED, "lease_owner": "", "lease_expires": None}
-    handed = Run.objects.filter(
-        pk=run.pk, status=Run.Status.RUNNING, attempt=run.attempt, lease_owner=run.lease_owner,
-        stop_requested=None,
-    ).update(**changes, requeued=timezone.now(), **_usage(usage))  # fmt: skip
+    with transaction.atomic():  # the run's tokens and the integrations' count of them
+        handed = Run.objects.filter(
+            pk=run.pk, status=Run.Status.RUNNING, attempt=run.attempt,
+            lease_owner=run.lease_owner, stop_requested=None,
+        ).update(**changes, requeued=timezone.now(), **_usage(usage))  # fmt: skip
+        if handed:
+            _usage_added(run, usage)
     if not handed:
         return False
     run.status = Run.Status.QUEUED
@@ -400,6 +404,12 @@ def _usage(usage):
     }
 
 
+def _usage_added(run, usage):
+    """Tell the integrations (runs.signals.run_usage) of the tokens just added to the run."""
+    if usage and (usage[0] or usage[1]):
+        signals.run_usage.send(Run, run=run, input_tokens=usage[0], output_tokens=usage[1])
+
+
 def run_finish(*, run, status, error="", where=None, usage=None, start_next=True):
     """Move the run to its terminal `status` if it is still active and matches `where` (a
     worker passes its attempt, so a reaped attempt cannot finish the run again), then announce
@@ -418,6 +428,7 @@ def run_finish(*, run, status, error="", where=None, usage=None, start_next=True
             run.input_tokens, run.output_tokens = Run.objects.values_list(
                 "input_tokens", "output_tokens"
             ).get(pk=run.pk)
+            _usage_added(run, usage)
         signals.run_ended.send(Run, run=run, taken_back=not start_next)
     # The row count makes this the one call that ended the run, but the log keeps a guard of its
     # own (the "ended" key its append script checks, in stream.py): the reaper also announces

@@ -15,7 +15,8 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Q
 
-from . import kinds, stream
+from . import kinds, signals, stream
+from .errors import ServiceError
 from .lifecycle import run_claim, run_finish, run_hand_back, run_wait
 from .models import Run
 from .worker import worker
@@ -61,9 +62,11 @@ def execute(run_id):
             run_finish(run=run, status=Run.Status.FAILED, error=str(exc))
         return
     lease = worker.hold(run.pk, time.monotonic() + settings.RUN_TIME_LIMIT)
+    stream.await_first_event(run)
     try:
         loop(run, lease).execute()
     finally:
+        stream.forget_first_event(run.pk)
         lease.release()
 
 
@@ -153,6 +156,18 @@ class RunLoop:
                 input_tokens=self.input_tokens,
                 output_tokens=self.output_tokens,
             )
+
+    def turn_ended(self):
+        """A model turn ended and the run goes on: the integrations may end it instead
+        (runs.signals.run_turn_ended; a daily token budget used up), as RunFailed."""
+        try:
+            with closing_connection():
+                signals.run_turn_ended.send(
+                    Run, run=self.run, input_tokens=self.input_tokens,
+                    output_tokens=self.output_tokens,
+                )  # fmt: skip
+        except ServiceError as exc:
+            raise RunFailed(exc.message) from exc
 
     def _check(self):
         if self.stop.is_set():

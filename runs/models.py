@@ -304,3 +304,33 @@ class FollowUp(models.Model):
         if self.status != self.Status.PENDING:
             return None
         return FollowUp.objects.pending().filter(thread_id=self.thread_id, pk__lte=self.pk).count()
+
+
+class IdempotencyKey(models.Model):
+    """A start made with an `Idempotency-Key` header (runs.idempotency): the key, per user and
+    endpoint (`scope`), the hash of the body it came with, and the answer it got, replayed to
+    the same key and body for IDEMPOTENCY_KEY_TTL (24 h), then purged (a beat entry). `answer`
+    is empty while the first request is in progress: a claim the unique constraint makes one."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.CASCADE, related_name="idempotency_keys"
+    )
+    scope = models.CharField(max_length=200, help_text="the endpoint: method and path")
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of the canonical JSON body")
+    # who holds an answer-less claim: a process that died holding one leaves it to be taken over
+    claim = models.UUIDField(default=uuid.uuid4)
+    run = models.ForeignKey(
+        Run, models.SET_NULL, null=True, blank=True, related_name="idempotency_keys"
+    )
+    # the first answer's JSON as it was sent (jsonb would reorder its keys); "" until then
+    answer = models.TextField(blank=True)
+    created = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "scope", "key"], name="idempotency_key_unique")
+        ]
+
+    def __str__(self):
+        return f"{self.scope} {self.key}"

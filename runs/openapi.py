@@ -4,7 +4,7 @@ of threads, plain Django views that drf-spectacular cannot see."""
 
 from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
 from drf_spectacular.plumbing import ResolvedComponent
-from drf_spectacular.utils import OpenApiResponse
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework import serializers
 
 from .models import Run
@@ -32,6 +32,43 @@ TOO_MANY_RUNS_OR_FOLLOW_UPS = error(
 RUN_START_ERRORS = {409: THREAD_BUSY, 429: TOO_MANY_RUNS, 503: QUEUE_UNAVAILABLE}
 # a start that may queue its message (`if_busy: "enqueue"`: an agent run's)
 QUEUEING_START_ERRORS = {**RUN_START_ERRORS, 429: TOO_MANY_RUNS_OR_FOLLOW_UPS}
+
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    location=OpenApiParameter.HEADER,
+    required=False,
+    description="Any 1 to 255 printable ASCII characters, new for each new request: the same key"
+    " with the same body within 24 h answers 200 with the first answer's body and starts"
+    " nothing (docs/runs.md#idempotent-starts).",
+    pattern=r"^[ -~]{1,255}$",
+)
+IDEMPOTENCY_ERRORS = {
+    422: error(
+        "`idempotency_key_reused`: the Idempotency-Key was used with another body (`field`:"
+        " `Idempotency-Key`)."
+    ),
+}
+IDEMPOTENCY_IN_PROGRESS = (
+    "`idempotency_key_in_progress`: a request with this Idempotency-Key is still in progress."
+)
+
+
+REPLAYED = "The answer of the first request with this Idempotency-Key and body: nothing started."
+
+
+def idempotent_start(answer, errors, description=REPLAYED):
+    """The responses of a start that takes an Idempotency-Key: `answer` (202) and, replayed, 200;
+    `errors` with the key's 409 and 422 added."""
+    conflict = errors.get(409)
+    busy = (conflict.description + "; " if conflict else "") + IDEMPOTENCY_IN_PROGRESS
+    return {
+        200: OpenApiResponse(answer, description=description),
+        202: answer,
+        **errors,
+        409: error(busy),
+        **IDEMPOTENCY_ERRORS,
+    }
+
 
 VALIDATION_ERROR = {
     "type": "object",

@@ -5,6 +5,7 @@ lost, an end that was never announced, a wait nobody answered, and a follow-up l
 an idle thread (its start refused for a while, or its process died before starting it)."""
 
 import logging
+import time
 from datetime import timedelta
 
 import redis
@@ -13,11 +14,25 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from . import stream
+from . import metrics, stream
 from .lifecycle import end_parked, follow_ups_start, run_finish, send_run_task
 from .models import FollowUp, InputRequest, Message, Run
 
 log = logging.getLogger(__name__)
+
+REAPED = metrics.counter(
+    "relay_runs_reaped_total",
+    "Runs the reaper ended because their worker was lost: failed (worker lost, out of attempts),"
+    " or stopped (a stop had been asked for)",
+    labels=("status",),
+)
+RESUMED = metrics.counter(
+    "relay_runs_resumed_total",
+    "Runs whose worker was lost, enqueued again by the reaper to go on on another worker",
+)
+REAPER_LAST_RUN = metrics.gauge(
+    "relay_reaper_last_run_timestamp_seconds", "When the reaper last finished a pass (Unix time)"
+)
 
 
 def runs_reap():
@@ -41,6 +56,7 @@ def runs_reap():
         resumable = run.stop_requested is None and run.resumes + 1 < settings.RUN_MAX_ATTEMPTS
         if resumable and _resume(run, now):
             log.warning("run %s: its worker %s was lost; resumed", run.pk, run.lease_owner)
+            RESUMED.inc()
             continue
         lost = Q(attempt=run.attempt)
         status, error = Run.Status.FAILED, "worker lost"
@@ -48,7 +64,10 @@ def runs_reap():
             status, error = Run.Status.STOPPED, ""  # what was asked, whoever ends it
         if run_finish(run=run, status=status, error=error, where=lost):
             log.warning("run %s: reaped, its worker %s was lost", run.pk, run.lease_owner)
+            REAPED.inc(status=status)
             reaped += status == Run.Status.FAILED
+    REAPER_LAST_RUN.set(time.time())
+    metrics.flush()
     return reaped
 
 

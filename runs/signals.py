@@ -22,3 +22,15 @@ run_waiting = Signal()
 # run_finish, the run in its terminal status, in the transaction that set it: run, taken_back
 # (True for a start the queue refused: the run is deleted next, and the client told 503).
 run_ended = Signal()
+
+# run_wait, run_hand_back and run_finish, wherever an attempt's tokens are added to the run's
+# columns, in that transaction: run, input_tokens, output_tokens (this attempt's, added once:
+# the conditional UPDATE that adds them is the attempt's one end). Not sent for zero tokens.
+run_usage = Signal()
+
+# The loop (runs.loop.RunLoop.turn_ended), after a model turn that the run goes on from (its
+# tool calls, or a workflow's next agent step), outside any transaction: run, input_tokens,
+# output_tokens (this attempt's so far, not yet added to the run). A receiver raises a
+# ServiceError to end the run `failed` with its message instead (a daily token budget used
+# up); the turn's reply is kept.
+run_turn_ended = Signal()

@@ -11,7 +11,7 @@ import redis
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 
-from . import eventstream, grip
+from . import eventstream, grip, metrics
 from .eventstream import Event, EventDoesNotExist, StorageBase, sse_encode_event
 from .models import Run
 
@@ -196,9 +196,41 @@ def emit(run_id, event_type, **data):
         return
     if event is None:
         return  # its terminal event is in already
+    if event_type in FIRST_EVENTS and _awaiting:
+        _first_event(str(run_id))
     if grip.enabled():
         content = sse_encode_event(event_type, payload, event_id=f"{channel}:{event.id}")
         grip.publish(channel, event.id, content, close=is_terminal(event))
+
+
+# What a person sees first of a run, once it is running: text, a tool call, a step, a question.
+FIRST_EVENTS = {"message.delta", "message.done", "tool.started", "step.started", "input.requested"}
+TIME_TO_FIRST_EVENT = metrics.histogram(
+    "relay_run_time_to_first_event_seconds",
+    "From a run's start (its POST) to its first event of output (text, tool call, step,"
+    " question), on its first attempt",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+    labels=("kind",),
+)
+_awaiting = {}  # run id -> (kind, start as a Unix time), runs of this process awaiting theirs
+
+
+def await_first_event(run):
+    """Observe the run's time to its first event of output when this process emits it: a run
+    on its first attempt (a later attempt, after a wait or a lost worker, is not a first)."""
+    if run.attempt == 1 and metrics.enabled():
+        _awaiting[str(run.pk)] = (run.kind, run.created.timestamp())
+
+
+def forget_first_event(run_id):
+    _awaiting.pop(str(run_id), None)
+
+
+def _first_event(run_id):
+    awaited = _awaiting.pop(run_id, None)
+    if awaited is not None:
+        kind, start = awaited
+        TIME_TO_FIRST_EVENT.observe(max(0.0, time.time() - start), kind=kind)
 
 
 def thread_channel(thread_id):
@@ -297,6 +329,8 @@ def is_terminal(event):
 # A user's open event streams (direct mode): a sorted set of slot ids, each scored with the time
 # (Redis' clock, in ms) it lapses unless its stream renews it, so the slots of a web process
 # that died free themselves within a lease. ARGV[3] = '1' takes a new slot, if under the cap.
+# KEYS[2] holds every user's slots the same way (ARGV[5]: user and slot), for the count of open
+# streams across the web processes (relay_streams_open): one Redis, as the rest of Relay's.
 SLOT = """
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -304,7 +338,18 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
 if ARGV[3] == '1' and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms)
+redis.call('ZADD', KEYS[2], ms + tonumber(ARGV[2]), ARGV[5])
 return 1
+"""
+OPEN_STREAMS = "relay:streams:open"
+
+# The streams open now: the slots that have not lapsed.
+OPEN = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
+return redis.call('ZCARD', KEYS[1])
 """
 
 
@@ -316,8 +361,8 @@ def _slot_script():
 def _slot(user_id, slot, take):
     # renewed at every keep-alive period at the latest: three of them make a lease
     lease = int(3000 * settings.SSE_KEEPALIVE_SECONDS)
-    args = [settings.SSE_MAX_STREAMS_PER_USER, lease, int(take), slot]
-    return _slot_script()(keys=[f"relay:streams:{user_id}"], args=args)
+    args = [settings.SSE_MAX_STREAMS_PER_USER, lease, int(take), slot, f"{user_id}:{slot}"]
+    return _slot_script()(keys=[f"relay:streams:{user_id}", OPEN_STREAMS], args=args)
 
 
 def stream_slot_take(user_id):
@@ -331,7 +376,16 @@ def stream_slot_renew(user_id, slot):
 
 
 def stream_slot_free(user_id, slot):
-    client().zrem(f"relay:streams:{user_id}", slot)
+    with client().pipeline(transaction=False) as pipe:
+        pipe.zrem(f"relay:streams:{user_id}", slot)
+        pipe.zrem(OPEN_STREAMS, f"{user_id}:{slot}")
+        pipe.execute()
+
+
+def open_streams():
+    """How many event streams the web processes hold open, all together (GRIP mode: Pushpin
+    holds the run streams, and counts them itself)."""
+    return client().eval(OPEN, 1, OPEN_STREAMS)
 
 
 def stop_key(run_id):

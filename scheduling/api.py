@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from agents.models import Agent
 from runs import openapi
 from runs.api import OwnedPrimaryKeyField, OwnedViewSet
+from runs.idempotency import idempotent
 from runs.models import Thread
 from workflows.models import Workflow
 
@@ -131,10 +132,20 @@ class ScheduleViewSet(OwnedViewSet):
             ScheduleSerializer(self.get_object(), context=self.get_serializer_context()).data
         )
 
-    @extend_schema(request=None, responses={202: FireSerializer})
+    @extend_schema(
+        request=None,
+        parameters=[openapi.IDEMPOTENCY_KEY],
+        responses=openapi.idempotent_start(
+            FireSerializer, {}, "The fire of the first request with this Idempotency-Key."
+        ),
+    )
     @action(detail=True, methods=["post"])
     def trigger(self, request, pk=None):
-        fire = services.schedule_fire(schedule_id=self.get_object().pk, manual=True)
+        schedule = self.get_object()
+        return idempotent(request, lambda: self._fire(schedule))
+
+    def _fire(self, schedule):
+        fire = services.schedule_fire(schedule_id=schedule.pk, manual=True)
         return Response(FireSerializer(fire).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(responses=FireSerializer(many=True))

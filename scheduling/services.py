@@ -11,6 +11,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agents.services import agent_start
+from runs import metrics
 from runs.errors import ServiceError
 from runs.lifecycle import run_stop
 from runs.models import Run
@@ -20,6 +21,13 @@ from . import cron
 from .models import Fire, Schedule
 
 log = logging.getLogger(__name__)
+
+FIRES = metrics.counter(
+    "relay_schedule_fires_total",
+    "Schedule fires (a slot, or a manual fire) by outcome: started, skipped (the previous run"
+    " was still active) or failed (the run could not start)",
+    labels=("outcome",),
+)
 
 
 class TooManySchedules(ServiceError):
@@ -70,6 +78,8 @@ def schedule_fire(*, schedule_id, now=None, manual=False):
         return None
     fire.outcome, fire.reason, fire.run = _start(schedule, slot)
     fire.save(update_fields=["outcome", "reason", "run"])
+    FIRES.inc(outcome=fire.outcome)
+    metrics.flush()
     return fire
 
 

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from django.conf import settings
 from django.test import Client
+from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
 from config.celery import app as celery_app
@@ -266,3 +267,13 @@ def wait_for_status(run_id, statuses, timeout=20):
         return run if run.status in statuses else None
 
     return wait_for(reached, timeout, message=f"run {run_id} to be {statuses}")
+
+
+def metric_samples(text):
+    """The samples of a /metrics text: {(name, ((label, value), ...)): value}, the relay_ ones."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("relay_")
+    }

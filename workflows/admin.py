@@ -1,11 +1,13 @@
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 
 from runs.admin import ReadOnlyInline, RunAdmin
+from runs.bulk import runs_retry
 from runs.forms import StorableJSONField
 
 from .definition import validate
 from .models import StepRun, Workflow, WorkflowRun
+from .services import WorkflowRuns
 
 
 class WorkflowForm(forms.ModelForm):
@@ -62,3 +64,21 @@ class StepRunInline(ReadOnlyInline):
 
 
 RunAdmin.inlines = [*RunAdmin.inlines, WorkflowRunInline, StepRunInline]
+
+
+@admin.action(description="Retry selected failed workflow runs")
+def retry_workflow_runs(modeladmin, request, queryset):
+    """Each failed one that was not retried yet, as its owner's retry (runs.bulk.runs_retry);
+    the others are left, and a refused retry is told, with its reason."""
+    started, refused, more = runs_retry(runs=queryset.filter(kind=WorkflowRuns.name))
+    modeladmin.message_user(request, f"Retried {len(started)} failed workflow run(s).")
+    for run, exc in refused:
+        modeladmin.message_user(request, f"Run {run.pk} not retried: {exc.message}", messages.ERROR)
+    if more:
+        modeladmin.message_user(
+            request, "Only the oldest (RUN_BULK_MAX): run the action again for more.",
+            messages.WARNING,
+        )  # fmt: skip
+
+
+RunAdmin.actions = [*RunAdmin.actions, retry_workflow_runs]

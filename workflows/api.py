@@ -15,6 +15,7 @@ from rest_framework.response import Response
 
 from runs import openapi
 from runs.api import OwnedPrimaryKeyField, OwnedViewSet, RunSerializer
+from runs.idempotency import idempotent
 from runs.models import Run, Thread
 
 from .definition import SCHEMA, validate
@@ -125,7 +126,8 @@ class WorkflowViewSet(OwnedViewSet):
     @extend_schema(
         methods=["POST"],
         request=WorkflowStartSerializer,
-        responses={202: RunSerializer, **openapi.RUN_START_ERRORS},
+        parameters=[openapi.IDEMPOTENCY_KEY],
+        responses=openapi.idempotent_start(RunSerializer, openapi.RUN_START_ERRORS),
         examples=[OpenApiExample("Add one to 20", {"inputs": {"a": 20}}, request_only=True)],
     )
     @action(detail=True, methods=["get", "post"])
@@ -135,6 +137,9 @@ class WorkflowViewSet(OwnedViewSet):
             runs = Run.objects.filter(workflow_run__workflow=workflow)
             page = self.paginate_queryset(runs.select_related(*RunSerializer.related()))
             return self.get_paginated_response(RunSerializer(page, many=True).data)
+        return idempotent(request, lambda: self._start(request, workflow))
+
+    def _start(self, request, workflow):
         data = WorkflowStartSerializer(data=request.data, context={"request": request})
         data.is_valid(raise_exception=True)
         run = workflow_start(user=request.user, workflow=workflow, **data.validated_data)

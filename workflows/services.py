@@ -19,6 +19,7 @@ class WorkflowRuns(kinds.Kind):
 
     name = "workflow"
     loop = WorkflowLoop
+    retryable = True
 
     def check(self, *, user, thread, workflow, inputs, definition=None, agent=None):
         """A new run takes the workflow's definition as it is now and checks the inputs against

@@ -11,10 +11,16 @@ from email.utils import parsedate_to_datetime
 from django.conf import settings
 from django.utils import timezone
 
+from runs import metrics
+
 from .base import ModelError, Retrying, TextDelta, ToolCall
 
 BACKOFF_BASE = 1.0  # seconds before the first retry, at most; doubled for each next one
 BACKOFF_CAP = 30.0
+
+RETRIES = metrics.counter(
+    "relay_model_retries_total", "Model calls that failed before any output and were tried again"
+)
 
 
 class Unavailable(ModelError):
@@ -44,6 +50,7 @@ def with_retries(attempt, *, stop, deadline=None):
             delay = e.retry_after if e.retry_after is not None else backoff(retry)
             if deadline is not None and time.monotonic() + delay > deadline:
                 raise
+            RETRIES.inc()
             yield Retrying(retry, round(delay, 1), str(e))
             if stop.wait(delay):
                 return

@@ -3,6 +3,7 @@
 import json
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
@@ -11,6 +12,8 @@ from typing import Any
 
 import jsonschema
 from django.conf import settings
+
+from runs import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +42,24 @@ class ToolResult:
 
 
 _registry: dict[str, Tool] = {}
+
+# A tool's name is the model's to choose among the agent's, and MCP servers bring their own:
+# capped (runs/metrics.py), and a name the agent does not have is counted as "unknown".
+CALLS = metrics.counter(
+    "relay_tool_calls_total",
+    "Tool calls, by tool and outcome: ok, error (the tool raised or returned no JSON), timeout,"
+    " stopped (the run was), invalid (unknown tool, not allowed, bad arguments), busy (too many"
+    " calls in progress)",
+    labels=("tool", "outcome"),
+    capped=("tool",),
+)
+DURATION = metrics.histogram(
+    "relay_tool_call_duration_seconds",
+    "How long tool calls took, from the call to its result (or its time limit)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    labels=("tool",),
+    capped=("tool",),
+)
 
 
 class _Slots:
@@ -147,11 +168,16 @@ def call(name, arguments, *, allowed, user, run, stop=None) -> ToolResult:
     When `stop` (a StopSignal) is set the call returns at once, its tool left to finish alone.
     The error text goes back to the model, so it says what was wrong in words the model can act on.
     """
+    began = time.monotonic()
     try:
-        return _call(name, arguments, allowed, user, run, stop)
+        result, outcome = _call(name, arguments, allowed, user, run, stop)
     except Exception as exc:  # the agent loop must survive anything a tool call does
         logger.exception("tool %r failed unexpectedly", name)
-        return _error(f"{type(exc).__name__}: {exc}")
+        result, outcome = _error(f"{type(exc).__name__}: {exc}"), "error"
+    tool = name if isinstance(name, str) and name in allowed else "unknown"
+    CALLS.inc(tool=tool, outcome=outcome)
+    DURATION.observe(time.monotonic() - began, tool=tool)
+    return result
 
 
 def check(name, arguments, allowed):
@@ -185,13 +211,14 @@ def check(name, arguments, allowed):
 
 
 def _call(name, arguments, allowed, user, run, stop):
+    """The call's result, and its outcome for relay_tool_calls_total."""
     checked = check(name, arguments, allowed)
     if isinstance(checked, ToolResult):
-        return checked
+        return checked, "invalid"
     tool, args = checked
     problem = _slots.take(user, run)
     if problem is not None:
-        return _error(problem)
+        return _error(problem), "busy"
     # a stoppable tool takes its arguments whole: one of them may be called `stop`
     work = (lambda: tool.func(args, stop)) if tool.stoppable else (lambda: tool.func(**args))
     future = _start(tool, work, user, run)
@@ -204,20 +231,21 @@ def _call(name, arguments, allowed, user, run, stop):
         forget()
     if not future.done():
         # The call is left to finish on its own, and its result dropped.
-        stopped = stop is not None and stop.is_set()
-        return _error("the run was stopped" if stopped else f"timed out after {tool.timeout:g} s")
+        if stop is not None and stop.is_set():
+            return _error("the run was stopped"), "stopped"
+        return _error(f"timed out after {tool.timeout:g} s"), "timeout"
     exc = future.exception()
     if exc is not None:
-        return _error(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        return _error(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__), "error"
 
     value = future.result()
     try:
         output = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
-        return _error(f"the tool returned a value that is not JSON: {exc}")
+        return _error(f"the tool returned a value that is not JSON: {exc}"), "error"
     if len(output) > tool.max_output:
         output = output[: tool.max_output] + f"\n[output truncated: {len(output)} characters]"
-    return ToolResult(output=output, error=None)
+    return ToolResult(output=output, error=None), "ok"
 
 
 def _start(tool, work, user, run):
