@@ -22,7 +22,7 @@ help:
 	@echo "  services  start Redis, and PostgreSQL when DATABASE_URL names it (bin/services)"
 	@echo "  migrate   apply the database migrations"
 	@echo "  demo      create the demo user and print how to log in"
-	@echo "  run       venv, services, migrate and demo, then web, worker and beat (Procfile)"
+	@echo "  run       venv, services, migrate and demo, then web, worker, beat and webhooks (Procfile)"
 	@echo "  test      run the test suite, browser tests included (pytest options: ARGS='...')"
 	@echo "  faults    run the fault tests (tests/faults) at their large counts"
 	@echo "  lint      ruff check, ruff format --check, and check for missing migrations"

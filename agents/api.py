@@ -137,8 +137,22 @@ class RunStartSerializer(serializers.Serializer):
         " have ended (202 with the follow-up; RUN_FOLLOW_UPS_MAX per thread, 429 beyond)",
     )  # fmt: skip
 
+    webhook = serializers.URLField(
+        max_length=500, required=False,
+        help_text="a URL to POST the run's end to (run.completed, run.failed, run.stopped),"
+        " signed with your one-off signing secret (/api/webhooks/signing-secret/)",
+    )  # fmt: skip
+
     def validate_message(self, value):
         return within_message_limit(value)
+
+    def validate(self, data):
+        if data.get("webhook") and data["if_busy"] == "enqueue":
+            # a queued message keeps no start options (runs.lifecycle._follow_up)
+            raise serializers.ValidationError(
+                {"webhook": 'A one-off webhook cannot be given with "if_busy": "enqueue".'}
+            )
+        return data
 
 
 class AgentViewSet(OwnedViewSet):

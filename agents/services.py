@@ -44,9 +44,9 @@ def link_agent(run, agent, *, made_thread):
 
 
 def agent_start(*, user, message, thread=None, agent=None, title="", if_busy="reject",
-                trigger=Run.Trigger.API):  # fmt: skip
+                trigger=Run.Trigger.API, webhook=None):  # fmt: skip
     """Start an agent run that answers `message` on `thread` (a new one unless given), by
-    `agent` or else the thread's."""
+    `agent` or else the thread's; its end is POSTed to `webhook` if given (webhooks app)."""
     return run_start(
         user=user,
         kind=AgentRuns.name,
@@ -56,4 +56,5 @@ def agent_start(*, user, message, thread=None, agent=None, title="", if_busy="re
         if_busy=if_busy,
         trigger=trigger,
         agent=agent,
+        options={"webhook": webhook} if webhook else None,
     )

@@ -71,6 +71,7 @@ INSTALLED_APPS = [
     "workflows",
     "scheduling",
     "usage",
+    "webhooks",
     "ops",
 ]
 
@@ -258,6 +259,31 @@ TOOLS_MAX_CALLS_PER_USER = env_int("TOOLS_MAX_CALLS_PER_USER", 16)
 TOOLS_MAX_CALLS_PER_RUN = env_int("TOOLS_MAX_CALLS_PER_RUN", 4)
 TOOLS_MAX_CALLS_PER_TURN = env_int("TOOLS_MAX_CALLS_PER_TURN", 16)  # more get an error result
 
+# Webhooks (docs/webhooks.md): endpoints per user; private addresses (127.0.0.1, 10.x, ...) only
+# when allowed; seconds an attempt may take (connection and whole answer); the delays between
+# attempts (seconds, comma separated: 8 attempts over about 27 hours by default, as Svix does);
+# how often beat sweeps the due ones; a task sent that long ago and not attempted is sent again.
+WEBHOOKS_MAX_PER_USER = env_int("WEBHOOKS_MAX_PER_USER", 20)
+WEBHOOKS_ALLOW_PRIVATE = env_bool("WEBHOOKS_ALLOW_PRIVATE", False)
+WEBHOOKS_TIMEOUT = env_float("WEBHOOKS_TIMEOUT", 10)
+WEBHOOKS_RETRY_SCHEDULE = env_list("WEBHOOKS_RETRY_SCHEDULE", "5,300,1800,7200,18000,36000,36000")
+try:
+    WEBHOOKS_RETRY_SCHEDULE = [float(delay) for delay in WEBHOOKS_RETRY_SCHEDULE]
+except ValueError:
+    raise ImproperlyConfigured(
+        "WEBHOOKS_RETRY_SCHEDULE must be seconds separated by commas, such as 5,300,1800"
+    ) from None
+if any(not 0 <= delay <= 7 * 86400 for delay in WEBHOOKS_RETRY_SCHEDULE):
+    raise ImproperlyConfigured("WEBHOOKS_RETRY_SCHEDULE's delays must be 0 to 604800 seconds")
+# seconds a rotated secret still signs beside the new one (a second signature)
+WEBHOOKS_ROTATION_GRACE = env_int("WEBHOOKS_ROTATION_GRACE", 24 * 3600)
+WEBHOOKS_SWEEP_SECONDS = env_float("WEBHOOKS_SWEEP_SECONDS", 5)
+WEBHOOKS_REQUEUE_SECONDS = env_float("WEBHOOKS_REQUEUE_SECONDS", 60)
+WEBHOOKS_DELIVERIES_KEPT = env_int("WEBHOOKS_DELIVERIES_KEPT", 100)  # ended ones, per endpoint
+WEBHOOKS_PENDING_MAX = env_int("WEBHOOKS_PENDING_MAX", 1000)  # pending ones, per endpoint
+WEBHOOKS_MAX_PAYLOAD_BYTES = env_int("WEBHOOKS_MAX_PAYLOAD_BYTES", 64 * 1024)
+WEBHOOKS_RESPONSE_MAX_BYTES = env_int("WEBHOOKS_RESPONSE_MAX_BYTES", 4096)  # read of an answer
+
 # Celery: runs are acknowledged when they end, and a worker holds many at once in threads,
 # since they spend their life waiting on the model.
 CELERY_BROKER_URL = REDIS_URL
@@ -270,7 +296,12 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_ROUTES = {"runs.tasks.execute_run_task": {"queue": "runs"}}
+# webhooks on a queue of their own, so slow receivers never delay runs
+CELERY_TASK_ROUTES = {
+    "runs.tasks.execute_run_task": {"queue": "runs"},
+    "webhooks.tasks.deliver_webhook_task": {"queue": "webhooks"},
+    "webhooks.tasks.sweep_webhooks_task": {"queue": "webhooks"},
+}
 CELERY_WORKER_POOL = env("WORKER_POOL", "threads")
 CELERY_WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 100)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
@@ -278,6 +309,10 @@ CELERY_BEAT_SCHEDULER = "scheduling.beat:Scheduler"  # DatabaseScheduler, safe a
 CELERY_BEAT_SCHEDULE = {
     "reap-runs": {"task": "runs.tasks.reap_runs_task", "schedule": RUN_REAPER_SECONDS},
     "purge-idempotency-keys": {"task": "runs.tasks.purge_idempotency_keys_task", "schedule": 600},
+    "sweep-webhooks": {
+        "task": "webhooks.tasks.sweep_webhooks_task",
+        "schedule": WEBHOOKS_SWEEP_SECONDS,
+    },
 }
 CELERY_TIMEZONE = "UTC"
 

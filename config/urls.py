@@ -13,11 +13,20 @@ import ops.urls
 import runs.urls
 import scheduling.urls
 import usage.urls
+import webhooks.urls
 import workflows.urls
 from agents.auth import LoginForm
 from runs import http
 
-APPS = [runs.urls, agents.urls, workflows.urls, scheduling.urls, usage.urls, ops.urls]
+APPS = [
+    runs.urls,
+    agents.urls,
+    workflows.urls,
+    scheduling.urls,
+    usage.urls,
+    webhooks.urls,
+    ops.urls,
+]
 
 api = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -430,7 +430,7 @@ def run_finish(*, run, status, error="", where=None, usage=None, start_next=True
                 "input_tokens", "output_tokens"
             ).get(pk=run.pk)
             _usage_added(run, usage)
-        signals.run_ended.send(Run, run=run)
+        signals.run_ended.send(Run, run=run, taken_back=not start_next)
     # The row count makes this the one call that ended the run, but the log keeps a guard of its
     # own (the "ended" key its append script checks, in stream.py): the reaper also announces
     # ends, of runs whose process died before this emit, and cannot tell a dead process from a

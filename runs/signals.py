@@ -19,7 +19,8 @@ run_started = Signal()
 # run_wait, the run parked waiting for a person, in the transaction that parked it: run.
 run_waiting = Signal()
 
-# run_finish, the run in its terminal status, in the transaction that set it: run.
+# run_finish, the run in its terminal status, in the transaction that set it: run, taken_back
+# (True for a start the queue refused: the run is deleted next, and the client told 503).
 run_ended = Signal()
 
 # run_wait, run_hand_back and run_finish, wherever an attempt's tokens are added to the run's

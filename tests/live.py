@@ -68,8 +68,8 @@ class Live:
                 time.sleep(0.1)
         raise RuntimeError(f"the web process did not start: see {self.logs / 'web.log'}")
 
-    def start_worker(self, name="worker", env=None):
-        return self.start(name, "celery", "-A", "config", "worker", "-Q", "runs,default",
+    def start_worker(self, name="worker", env=None, queues="runs,default"):
+        return self.start(name, "celery", "-A", "config", "worker", "-Q", queues,
                           "-n", f"{name}-{os.getpid()}@%h", "-l", "warning", env=env)  # fmt: skip
 
     def start_beat(self):

@@ -109,6 +109,16 @@ TEXT_FIELDS = [
     ("POST", "/api/agents/", {"name": "X", "config": {"demo": {"words": "@"}}}, "config"),
     ("POST", "/api/agents/", {"name": "@"}, "name"),
     ("PATCH", "/api/threads/<thread>/", {"title": "@"}, "title"),
+    ("POST", "/api/threads/<thread>/runs/", {"message": "Hi", "webhook": "@"}, "webhook"),
+    ("POST", "/api/workflows/<workflow>/runs/", {"inputs": {"a": 1}, "webhook": "@"}, "webhook"),
+    ("POST", "/api/webhooks/", {"url": "@", "events": ["run.failed"]}, "url"),
+    ("POST", "/api/webhooks/", {"url": "https://h.example/", "events": ["@"]}, "events"),
+    (
+        "POST",
+        "/api/webhooks/",
+        {"url": "https://h.example/", "events": ["run.failed"], "description": "@"},
+        "description",
+    ),
 ]
 # a lone surrogate is not a character: it cannot be encoded, so an error message that echoed it
 # could not be sent; nor can PostgreSQL store a null character

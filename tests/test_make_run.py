@@ -34,8 +34,8 @@ def make_run(tmp_path):
     make.output = lambda: log.read_text(errors="replace")
     make.redis = redis.Redis(port=port, socket_timeout=2)
     try:
-        wait_for(lambda: make.output().count(" started (pid=") == 3, timeout=90, interval=0.2,
-                 message="make run to start web, worker and beat")  # fmt: skip
+        wait_for(lambda: make.output().count(" started (pid=") == 4, timeout=90, interval=0.2,
+                 message="make run to start web, worker, beat and webhooks")  # fmt: skip
         assert make.redis.ping()
         make.processes = psutil.Process(make.pid).children(recursive=True)
         yield make

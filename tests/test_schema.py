@@ -21,6 +21,7 @@ from config import urls
 from runs import http, stream
 from runs.openapi import EVENTS
 from scheduling.models import Schedule
+from webhooks.services import endpoint_create
 from workflows.models import Workflow
 from workflows.services import workflow_start
 
@@ -166,6 +167,7 @@ def test_the_live_api_answers_as_its_schema_says(fuzzed, alice, tmp_path):
     )  # fmt: skip
     provider = Provider.objects.create(owner=alice, name="P", base_url="http://127.0.0.1:9/v1")
     server = McpServer.objects.create(owner=alice, name="m", url="http://127.0.0.1:9/mcp")
+    endpoint = endpoint_create(owner=alice, url="http://127.0.0.1:9/hook", events=["run.failed"])
     owned = {
         "providers": [provider.pk],
         "mcp-servers": [server.pk],
@@ -174,6 +176,7 @@ def test_the_live_api_answers_as_its_schema_says(fuzzed, alice, tmp_path):
         "runs": [str(pk) for pk in alice.runs.values_list("pk", flat=True)],
         "workflows": list(alice.workflows.values_list("pk", flat=True)),
         "schedules": list(alice.schedules.values_list("pk", flat=True)),
+        "webhooks": [endpoint.pk],
     }
     env = {
         **os.environ,

@@ -49,6 +49,11 @@ class WorkflowSerializer(serializers.ModelSerializer):
 class WorkflowStartSerializer(serializers.Serializer):
     inputs = serializers.DictField(required=False, default=dict)
     thread = OwnedPrimaryKeyField(queryset=Thread.objects.all(), required=False, allow_null=True)
+    webhook = serializers.URLField(
+        max_length=500, required=False,
+        help_text="a URL to POST the run's end to (run.completed, run.failed, run.stopped),"
+        " signed with your one-off signing secret (/api/webhooks/signing-secret/)",
+    )  # fmt: skip
 
 
 class StepRunSerializer(serializers.ModelSerializer):

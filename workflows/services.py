@@ -53,10 +53,11 @@ class WorkflowRuns(kinds.Kind):
 
 
 def workflow_start(
-    *, user, workflow, inputs, thread=None, if_busy="reject", trigger=Run.Trigger.API
+    *, user, workflow, inputs, thread=None, if_busy="reject", trigger=Run.Trigger.API, webhook=None
 ):
     """Start a run of `workflow` with `inputs` (checked against its declaration) on `thread`, a
-    new one unless given. The run keeps the definition as it is now."""
+    new one unless given. The run keeps the definition as it is now. Its end is POSTed to
+    `webhook` if given (webhooks app)."""
     return run_start(
         user=user,
         kind=WorkflowRuns.name,
@@ -66,4 +67,5 @@ def workflow_start(
         trigger=trigger,
         workflow=workflow,
         inputs=inputs,
+        options={"webhook": webhook} if webhook else None,
     )
