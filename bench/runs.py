@@ -137,7 +137,8 @@ class Receiver(ThreadingHTTPServer):
 
 def integrations(args, user, headers, live, fresh_threads):
     """Throughput with metrics and webhooks off, then on, in alternating rounds."""
-    from webhooks.models import Delivery, Endpoint, new_secret
+    from webhooks.models import Delivery, Endpoint
+    from webhooks.services import endpoint_create
 
     receiver = Receiver()
     live.env["WEBHOOKS_ALLOW_PRIVATE"] = "1"
@@ -148,9 +149,7 @@ def integrations(args, user, headers, live, fresh_threads):
             live.env["METRICS_ENABLED"] = "1" if mode == "on" else "0"
             Endpoint.objects.filter(owner=user).delete()
             if mode == "on":
-                Endpoint.objects.create(
-                    owner=user, url=receiver.url, events=["run.completed"], secret=new_secret()
-                )
+                endpoint_create(owner=user, url=receiver.url, events=["run.completed"])
                 live.start("webhooks", "celery", "-A", "config", "worker", "-Q", "webhooks",
                            "-n", "bench-webhooks@%h", "-l", "warning")  # fmt: skip
             live.start_web()

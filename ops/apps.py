@@ -5,6 +5,7 @@ class OpsConfig(AppConfig):
     name = "ops"
 
     def ready(self):
-        from . import gauges, receivers  # noqa: F401  (they declare their metrics)
+        from . import gauges, receivers, webhooks  # noqa: F401  (they declare their metrics)
 
         receivers.connect()
+        webhooks.connect()

@@ -242,3 +242,30 @@ def test_it_counts_the_open_streams_across_processes():
     assert scrape()[("relay_streams_open", ())] == before + 2
     stream.stream_slot_free(1, slots[1])
     stream.stream_slot_free(2, slots[2])
+
+
+def test_it_counts_webhook_attempts_by_outcome_and_ages_the_oldest_pending(alice, no_queue, settings):
+    from webhooks import services as webhooks
+    from webhooks.models import Delivery
+
+    from webhook_receiver import Receiver
+
+    settings.WEBHOOKS_ALLOW_PRIVATE = True  # the receiver is on 127.0.0.1
+    receiver = Receiver(then=503)
+    try:
+        webhooks.endpoint_create(owner=alice, url=receiver.url, events=["run.stopped"])
+        run = services.agent_start(user=alice, thread=new_thread(alice), message="hi")
+        lifecycle.run_stop(run=run)
+        delivery = Delivery.objects.get()
+        Delivery.objects.filter(pk=delivery.pk).update(
+            created=timezone.now() - timedelta(minutes=10)
+        )
+        before = scrape()
+        webhooks.delivery_attempt(delivery_id=delivery.pk)
+        metrics.flush()  # the delivery task's flush
+        after = scrape()
+    finally:
+        receiver.stop()
+    assert delta(before, after, "relay_webhook_deliveries_total", outcome="http_error") == 1
+    assert delta(before, after, "relay_webhook_deliveries_total", outcome="delivered") == 0
+    assert 590 < after[("relay_webhook_oldest_pending_seconds", ())] < 700
