@@ -244,7 +244,7 @@ def test_it_counts_the_open_streams_across_processes():
     stream.stream_slot_free(2, slots[2])
 
 
-def test_it_counts_webhook_attempts_by_outcome_and_ages_the_oldest_pending(alice, no_queue, settings):
+def test_it_counts_webhook_attempts_by_outcome_and_the_oldest_pending(alice, no_queue, settings):
     from webhooks import services as webhooks
     from webhooks.models import Delivery
 
