@@ -43,6 +43,7 @@ SERVED = {
     "relay_runs_resumed_total", "relay_reaper_last_run_timestamp_seconds", "relay_streams_open",
     "relay_tokens_total", "relay_model_retries_total", "relay_tool_calls_total",
     "relay_tool_call_duration_seconds", "relay_schedule_fires_total", "relay_metrics_source_up",
+    "relay_webhook_deliveries_total", "relay_webhook_oldest_pending_seconds",
 }  # fmt: skip
 
 
