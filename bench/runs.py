@@ -156,7 +156,7 @@ def integrations(args, user, headers, live, fresh_threads):
             live.start_worker()
             time.sleep(3)
             threads = fresh_threads(int(args.seconds * 500))
-            asyncio.run(throughput(address, headers, threads[:200], args.clients, 1))
+            _, warm = asyncio.run(throughput(address, headers, threads[:200], args.clients, 1))
             before = cpu_seconds(live)
             rate, results = asyncio.run(
                 throughput(address, headers, threads[200:], args.clients, args.seconds)
@@ -167,7 +167,7 @@ def integrations(args, user, headers, live, fresh_threads):
             cpus[mode].append(cpu * 1000 / len(results))
             print(f"  {mode}: {rate:.1f} runs/s, {cpus[mode][-1]:.1f} CPU ms per run", flush=True)
             if mode == "on":
-                ends += len(results) + 200  # the warm-up's too
+                ends += len(warm) + len(results)
                 deadline = time.monotonic() + 60  # the backlog drains
                 while receiver.received < ends and time.monotonic() < deadline:
                     time.sleep(0.2)

@@ -69,7 +69,7 @@ def run_start(
     try:
         with transaction.atomic():
             # One start at a time per user, so two requests cannot both pass the cap.
-            get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+            user_lock(user)
             made_thread = thread is None
             if made_thread:
                 thread = Thread.objects.create(owner=user, title=title[:200])
@@ -116,6 +116,16 @@ def run_start(
         # the partial unique index caught a start racing ours on the same thread
         raise ThreadBusy("Another run started on this thread.") from None
     return run
+
+
+def user_lock(user):
+    """Hold the user's row until the transaction ends: one caller at a time per user, for a
+    check against a cap and the write it allows. FOR NO KEY UPDATE, not FOR UPDATE: the rows
+    other transactions insert that refer to the user (a run's webhook deliveries, its day's
+    usage) check their foreign key with a KEY SHARE lock, which FOR UPDATE would make wait, and
+    a worker ending a run while holding that day's usage row would then deadlock with a start
+    waiting for the same row."""
+    get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk).first()
 
 
 class FollowUpTaken(Exception):

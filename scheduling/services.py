@@ -6,14 +6,13 @@ import logging
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agents.services import agent_start
 from runs import metrics
 from runs.errors import ServiceError
-from runs.lifecycle import run_stop
+from runs.lifecycle import run_stop, user_lock
 from runs.models import Run
 from workflows.services import workflow_start
 
@@ -39,7 +38,7 @@ def schedule_create(*, owner, **fields):
     """Create a schedule within the owner's cap (SCHEDULES_MAX_PER_USER)."""
     with transaction.atomic():
         # one create at a time per user, so two requests cannot both pass the cap
-        get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
+        user_lock(owner)
         if Schedule.objects.filter(owner=owner).count() >= settings.SCHEDULES_MAX_PER_USER:
             raise TooManySchedules(
                 f"You have {settings.SCHEDULES_MAX_PER_USER} schedules, the most allowed;"

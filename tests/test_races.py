@@ -1,13 +1,15 @@
 """Writes that race a delete of what they touch answer 404 or 409, never 500 (found by the
-schema's fuzz run with several workers at once)."""
+schema's fuzz run with several workers at once); a user's lock holds back no row that refers
+to the user (found by bench/runs.py --integrations: a start and an end deadlocked)."""
 
 import threading
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models.signals import pre_save
 
 from agents.models import Agent, agent_of
+from runs.lifecycle import user_lock
 from runs.models import Thread
 from scheduling.models import Schedule
 
@@ -63,3 +65,32 @@ def test_a_schedule_updated_while_it_is_deleted_is_updated_then_deleted(alice):
     assert r.status_code == 200, r.content
     assert deleted["status"].status_code == 204
     assert not Schedule.objects.exists()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite locks the whole file")
+def test_a_users_lock_does_not_hold_back_a_row_that_refers_to_the_user(alice):
+    """A start holds its user's row (user_lock) while it waits for its day's usage row; a
+    worker ending a run holds that usage row and inserts its webhook deliveries, whose foreign
+    key to the user takes a KEY SHARE lock. FOR UPDATE would make that insert wait: a deadlock."""
+    held, done = threading.Event(), threading.Event()
+
+    def start():
+        try:
+            with transaction.atomic():
+                user_lock(alice)
+                held.set()
+                done.wait(10)
+        finally:
+            connection.close()
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    try:
+        assert held.wait(10)
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '2s'")  # else it would wait for done
+            Thread.objects.create(owner=alice, title="written while her row is held")
+    finally:
+        done.set()
+        starter.join(10)

@@ -24,6 +24,7 @@ from agents.connections import refusal
 from agents.secrets import SecretUnreadable
 from runs.api import RunSerializer
 from runs.errors import ServiceError
+from runs.lifecycle import user_lock
 
 from . import sender, signals
 from .models import (
@@ -69,7 +70,7 @@ def endpoint_create(*, owner, **fields):
     """A new endpoint of `owner`'s with a new secret, unless they have as many as allowed."""
     with transaction.atomic():
         # one create at a time per user, so two cannot both pass the cap
-        type(owner).objects.select_for_update().filter(pk=owner.pk).first()
+        user_lock(owner)
         if Endpoint.objects.filter(owner=owner).count() >= settings.WEBHOOKS_MAX_PER_USER:
             raise TooManyWebhooks(
                 f"You have {settings.WEBHOOKS_MAX_PER_USER} webhooks, the most allowed"
