@@ -2,16 +2,13 @@
 MCP, agents/tools/addresses.py), within one deadline for the connection and the whole answer,
 no redirect followed, at most a few KB of the answer read."""
 
-import contextlib
 import dataclasses
 import http.client
-import socket
-import ssl
 import threading
 import time
 from urllib.parse import urlsplit
 
-from agents.tools.addresses import resolve
+from agents.tools.addresses import pinned_connection, resolve
 
 from .models import Attempt
 
@@ -43,8 +40,7 @@ def post(url, body, headers, *, timeout, allow_private, max_bytes):
     except OSError as exc:
         return Result(Outcome.CONNECTION_ERROR, error=str(exc))
     deadline = time.monotonic() + timeout
-    kind = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
-    connection = kind(parts.hostname, port, addresses, deadline=deadline)
+    connection = pinned_connection(parts.scheme, parts.hostname, port, addresses, deadline=deadline)
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
@@ -75,59 +71,3 @@ def post(url, body, headers, *, timeout, allow_private, max_bytes):
 def _reason(exc):
     text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return text[:500]
-
-
-class _Abortable:
-    """A connection that the watchdog thread can end at once, whatever it is blocked on."""
-
-    aborted = False
-
-    def abort(self):
-        self.aborted = True
-        sock = self.sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-    def _dial(self):
-        # only ever the addresses resolve() checked: a second lookup could answer otherwise
-        error = OSError("no addresses to connect to")
-        for address in self.addresses:
-            remaining = self.deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("timed out")
-            try:
-                self.sock = socket.create_connection((address, self.port), remaining)
-                break
-            except OSError as exc:
-                error = exc
-        else:
-            raise error
-        if self.aborted:
-            raise TimeoutError("aborted")
-        return self.sock
-
-
-class _PinnedHTTPConnection(_Abortable, http.client.HTTPConnection):
-    def __init__(self, host, port, addresses, *, deadline):
-        super().__init__(host, port)
-        self.addresses, self.deadline = addresses, deadline
-
-    def connect(self):
-        self._dial()
-
-
-class _PinnedHTTPSConnection(_Abortable, http.client.HTTPSConnection):
-    def __init__(self, host, port, addresses, *, deadline):
-        self.tls = ssl.create_default_context()
-        super().__init__(host, port, context=self.tls)
-        self.addresses, self.deadline = addresses, deadline
-
-    def connect(self):
-        sock = self._dial()
-        try:
-            # the certificate must match the URL's host name, not the address dialled
-            self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
-        except BaseException:
-            sock.close()
-            raise

@@ -1,8 +1,13 @@
 """Which addresses a tool may connect to: a host's addresses must all be public, unless private
-ones are allowed. http_get and the MCP client share these rules."""
+ones are allowed. http_get, the MCP client and webhook deliveries share these rules, and
+http_get and webhooks share the connection that dials only the addresses checked."""
 
+import contextlib
+import http.client
 import ipaddress
 import socket
+import ssl
+import time
 
 
 def resolve(host, port, *, allow_private):
@@ -46,3 +51,71 @@ def public(ip):
     # is_global is false for private, loopback, link-local, reserved and unspecified
     # addresses, but true for multicast ones.
     return ip.is_global and not ip.is_multicast
+
+
+def pinned_connection(scheme, host, port, addresses, *, deadline):
+    """An HTTP(S) connection to `host` that dials only `addresses` (what resolve() checked),
+    checks TLS against `host`, gives up connecting at `deadline` (time.monotonic()), and that
+    another thread can end at once with abort(), whatever it is blocked on."""
+    kind = _PinnedHTTPSConnection if scheme == "https" else _PinnedHTTPConnection
+    return kind(host, port, addresses, deadline=deadline)
+
+
+def _connect(addresses, port, deadline):
+    # Only ever the addresses resolve() checked: a second lookup could answer otherwise.
+    error = OSError("no addresses to connect to")
+    for address in addresses:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            return socket.create_connection((address, port), remaining)
+        except OSError as exc:
+            error = exc
+    raise error
+
+
+class _Abortable:
+    """A connection that another thread can end at once, whatever it is blocked on."""
+
+    aborted = False
+
+    def abort(self):
+        self.aborted = True
+        sock = self.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                # socket.socket's own shutdown, on a TLS socket too: SSLSocket.shutdown drops
+                # its SSL object under the thread that is reading
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def _dial(self):
+        self.sock = _connect(self.addresses, self.port, self.deadline)
+        if self.aborted:  # abort() ran while the socket was being made
+            raise TimeoutError("aborted")
+        return self.sock
+
+
+class _PinnedHTTPConnection(_Abortable, http.client.HTTPConnection):
+    def __init__(self, host, port, addresses, *, deadline):
+        super().__init__(host, port)
+        self.addresses, self.deadline = addresses, deadline
+
+    def connect(self):
+        self._dial()
+
+
+class _PinnedHTTPSConnection(_Abortable, http.client.HTTPSConnection):
+    def __init__(self, host, port, addresses, *, deadline):
+        self.tls = ssl.create_default_context()
+        super().__init__(host, port, context=self.tls)
+        self.addresses, self.deadline = addresses, deadline
+
+    def connect(self):
+        sock = self._dial()  # as self.sock, so that abort() can end the handshake too
+        try:
+            # The certificate must match the host name in the URL, not the address dialled.
+            self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise

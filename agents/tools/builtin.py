@@ -2,12 +2,9 @@
 loop answers with a person's answer: agents/runner.py)."""
 
 import ast
-import contextlib
 import http.client
 import math
 import operator
-import socket
-import ssl
 import threading
 import time
 from datetime import datetime
@@ -17,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from django.conf import settings
 
 from . import register
-from .addresses import resolve
+from .addresses import pinned_connection, resolve
 
 # calculator
 
@@ -186,9 +183,8 @@ def http_get(url):
     port = parts.port or (443 if parts.scheme == "https" else 80)
     addresses = _resolve(host, port)
 
-    connection_class = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
     deadline = time.monotonic() + HTTP_DEADLINE
-    connection = connection_class(host, port, addresses, deadline=deadline)
+    connection = pinned_connection(parts.scheme, host, port, addresses, deadline=deadline)
     target = quote(parts.path or "/", safe=_URL_SAFE)
     if parts.query:
         target += "?" + quote(parts.query, safe=_URL_SAFE)
@@ -237,66 +233,6 @@ def _host_allowed(host, allowed_hosts):
 
 def _resolve(host, port):
     return resolve(host, port, allow_private=settings.TOOLS_HTTP_ALLOW_PRIVATE)
-
-
-def _connect(addresses, port, deadline):
-    # Only ever the addresses checked in _resolve (see resolve).
-    error = OSError("no addresses to connect to")
-    for address in addresses:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        try:
-            return socket.create_connection((address, port), remaining)
-        except OSError as exc:
-            error = exc
-    raise error
-
-
-class _Abortable:
-    """A connection that another thread can end at once, whatever it is blocked on."""
-
-    aborted = False
-
-    def abort(self):
-        self.aborted = True
-        sock = self.sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                # socket.socket's own shutdown, on a TLS socket too: SSLSocket.shutdown drops
-                # its SSL object under the thread that is reading
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-    def _dial(self):
-        self.sock = _connect(self.addresses, self.port, self.deadline)
-        if self.aborted:  # abort() ran while the socket was being made
-            raise TimeoutError("aborted")
-        return self.sock
-
-
-class _PinnedHTTPConnection(_Abortable, http.client.HTTPConnection):
-    def __init__(self, host, port, addresses, *, deadline):
-        super().__init__(host, port)
-        self.addresses, self.deadline = addresses, deadline
-
-    def connect(self):
-        self._dial()
-
-
-class _PinnedHTTPSConnection(_Abortable, http.client.HTTPSConnection):
-    def __init__(self, host, port, addresses, *, deadline):
-        self.tls = ssl.create_default_context()
-        super().__init__(host, port, context=self.tls)
-        self.addresses, self.deadline = addresses, deadline
-
-    def connect(self):
-        sock = self._dial()  # as self.sock, so that abort() can end the handshake too
-        try:
-            # The certificate must match the host name in the URL, not the address dialled.
-            self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
-        except BaseException:
-            sock.close()
-            raise
 
 
 def _read(response, limit):

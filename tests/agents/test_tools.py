@@ -12,7 +12,7 @@ import pytest
 
 from agents import tools
 from agents.llm import StopSignal
-from agents.tools import builtin
+from agents.tools import addresses, builtin
 
 from conftest import wait_for
 
@@ -458,7 +458,7 @@ def test_http_get_ends_at_its_deadline_against_a_server_that_drips_headers(
 def resolving_to(monkeypatch, address):
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     info = (family, socket.SOCK_STREAM, 6, "", (address, 443))
-    monkeypatch.setattr(builtin.socket, "getaddrinfo", lambda *args, **kwargs: [info])
+    monkeypatch.setattr(addresses.socket, "getaddrinfo", lambda *args, **kwargs: [info])
 
 
 @pytest.mark.parametrize(
